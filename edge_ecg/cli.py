@@ -1,0 +1,157 @@
+"""The ``edge-ecg`` command: a thin layer over the Python API, one function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edge_ecg import __version__
+
+PIPELINE = "data -> train -> compress -> export -> build -> flash -> bench"
+
+
+class CliError(Exception):
+    """An error whose message is the whole story for the user."""
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=1))
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: $EDGE_ECG_DATA, else ./data/ptbxl)")
+    p.add_argument("--rate", type=int, choices=(100, 500), default=100, help="sampling rate in Hz (default: 100)")
+    p.add_argument("--cache-dir", metavar="DIR", help="prepared-array cache (default: $EDGE_ECG_CACHE or ~/.cache/edge-ecg)")
+    p.add_argument("--strict", action="store_true", help="fail on any record that would be skipped")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def cmd_data_info(args) -> int:
+    from edge_ecg.data import load_ptbxl
+
+    ds = load_ptbxl(args.data, args.rate, cache_dir=args.cache_dir, strict=args.strict, progress=not args.json)
+    info = ds.summary()
+    if args.json:
+        _print_json(info)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold]PTB-XL[/] at {info['root']}  ({info['rate']} Hz, {ds.signals.shape[1]} samples x {len(ds.leads)} leads)")
+    con.print(
+        f"records: {info['records']}   labelled: {info['labelled']}   no superclass: {info['unlabelled']}"
+        f"   skipped: {len(info['skipped'])}   suspicious: {len(info['suspicious'])}"
+    )
+    folds = Table("strat_fold", "records", "labelled", "role", title="Folds")
+    for k, n in info["per_fold"].items():
+        role = {"9": "validation", "10": "test"}.get(k, "train")
+        folds.add_row(k, str(n), str(info["per_fold_labelled"].get(k, 0)), role)
+    con.print(folds)
+    classes = Table("superclass", "records", title="Superclasses (multi-label)")
+    for c, n in info["per_class"].items():
+        classes.add_row(c, str(n))
+    con.print(classes)
+    for kind in ("skipped", "suspicious"):
+        for item in info[kind]:
+            con.print(f"[yellow]{kind}[/] ecg_id {item['ecg_id']}: {item['reason']}", highlight=False)
+    if info["unlabelled_ids"]:
+        con.print(f"no diagnostic superclass (left out): ecg_id {', '.join(map(str, info['unlabelled_ids']))}")
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from edge_ecg.data import load_ptbxl
+
+    ds = load_ptbxl(args.data, args.rate, cache_dir=args.cache_dir, strict=args.strict, progress=True)
+    print(f"prepared {len(ds)} labelled records ({len(ds.skipped)} skipped) -> {ds.cache_file}")
+    return 0
+
+
+def cmd_data_download(args) -> int:
+    from edge_ecg.data import download_ptbxl
+
+    report = download_ptbxl(args.dest, args.rate, base_url=args.url, progress=True)
+    print(f"{report.dest}: {report.downloaded} file(s) downloaded, {report.present} already verified, {report.bytes} bytes")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-ecg",
+        description=f"12-lead ECG (PTB-XL) to a microcontroller. Pipeline: {PIPELINE}.",
+        epilog="Every subcommand has --help. Errors name the file and the problem.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-ecg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="inspect, download and prepare PTB-XL", description="PTB-XL data: info, download, prepare.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = data_sub.add_parser("info", help="count records, folds, classes; list skipped records",
+                            description="Count records, labelled records, records per strat_fold and superclass, "
+                                        "and list every skipped or suspicious record with its reason.")
+    _data_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.set_defaults(func=cmd_data_info)
+    p = data_sub.add_parser("prepare", help="read the WFDB records and write the array cache",
+                            description="Read every record with wfdb and write the prepared-array cache.")
+    _data_args(p)
+    p.set_defaults(func=cmd_data_prepare)
+    p = data_sub.add_parser("download", help="download PTB-XL 1.0.3 from PhysioNet (verified, resumable)",
+                            description="Download PTB-XL 1.0.3: only the files the chosen rate needs, each verified "
+                                        "against SHA256SUMS.txt; an interrupted download resumes.")
+    p.add_argument("--dest", metavar="DIR", help="target folder (default: $EDGE_ECG_DATA, else ./data/ptbxl)")
+    p.add_argument("--rate", type=int, choices=(100, 500), default=100, help="sampling rate to fetch (default: 100)")
+    p.add_argument("--url", metavar="URL", help="release base URL (default: $EDGE_ECG_PTBXL_URL or PhysioNet)")
+    p.set_defaults(func=cmd_data_download)
+
+    _add_stage_parsers(sub)
+    return parser
+
+
+_PLANNED = {
+    "train": "train an architecture on the training folds (1-8), select on fold 9",
+    "evaluate": "evaluate a run on the test fold (10): AUC, F1, Fmax, plots",
+    "compress": "prune and train quantization-aware",
+    "export": "convert to full-int8 TFLite and emit TFLite Micro C sources",
+    "build": "render and build the firmware project for a target",
+    "flash": "flash the built firmware to a board",
+    "bench": "benchmark latency and accuracy over serial or on the emulator",
+    "run": "the whole pipeline on one run folder",
+}
+
+
+def _not_yet(args) -> int:
+    raise CliError(f"`edge-ecg {args.command}` is not implemented in edge-ecg {__version__} yet")
+
+
+def _add_stage_parsers(sub) -> None:
+    for name, text in _PLANNED.items():
+        if name not in sub.choices:
+            p = sub.add_parser(name, help=text + " (not yet implemented)", description=text + ".")
+            p.set_defaults(func=_not_yet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; completed work is kept in the run folder", file=sys.stderr)
+        return 130
+    except (CliError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        # DataError and the stages' errors are ValueErrors whose message names file and fix
+        print(f"edge-ecg: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Folds and per-lead standardization, as the PTB-XL benchmark uses them."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_ecg.data.ptbxl import LEADS, DataError, PtbxlDataset
+
+TEST_FOLD = 10
+VAL_FOLD = 9
+
+
+@dataclass
+class Split:
+    train: PtbxlDataset
+    val: PtbxlDataset
+    test: PtbxlDataset
+
+
+def split_folds(ds: PtbxlDataset, test_fold: int = TEST_FOLD, val_fold: int = VAL_FOLD) -> Split:
+    """Train on every fold but ``val_fold`` and ``test_fold`` (default: 1-8 / 9 / 10)."""
+    if test_fold == val_fold or not (1 <= test_fold <= 10 and 1 <= val_fold <= 10):
+        raise ValueError(f"test_fold={test_fold} and val_fold={val_fold} must be two different folds in 1..10")
+    split = Split(
+        train=ds.select((ds.folds != test_fold) & (ds.folds != val_fold)),
+        val=ds.select(ds.folds == val_fold),
+        test=ds.select(ds.folds == test_fold),
+    )
+    for name, part in (("training", split.train), ("validation", split.val), ("test", split.test)):
+        if len(part) == 0:
+            raise DataError(f"the {name} folds of {ds.root} hold no labelled record; cannot split")
+    return split
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Per-lead standardization ``(x - mean) / std``, fitted on the training folds only."""
+
+    mean: np.ndarray  # (leads,) float32
+    std: np.ndarray  # (leads,) float32
+
+    @classmethod
+    def fit(cls, signals: np.ndarray) -> "Standardizer":
+        """Per-lead mean and standard deviation over every record and sample of ``signals``."""
+        if signals.ndim != 3 or signals.shape[0] == 0:
+            raise ValueError(f"fit needs signals of shape (records, samples, leads), got {signals.shape}")
+        flat = signals.reshape(-1, signals.shape[-1]).astype(np.float64)
+        std = flat.std(axis=0)
+        std[std == 0] = 1.0  # a constant lead is left unscaled rather than divided by zero
+        return cls(flat.mean(axis=0).astype(np.float32), std.astype(np.float32))
+
+    def transform(self, signals: np.ndarray) -> np.ndarray:
+        if signals.shape[-1] != self.mean.shape[0]:
+            raise ValueError(f"signals have {signals.shape[-1]} leads, the standardization {self.mean.shape[0]}")
+        return ((signals.astype(np.float32) - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        # float32 values stored as Python floats are exact and round-trip through JSON
+        return {"leads": list(LEADS[: len(self.mean)]), "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Standardizer":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+            return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32))
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"{path}: not a standardization file ({exc})") from exc

@@ -1,0 +1,54 @@
+"""Shared fixtures: the real PTB-XL subset, read in place, and temporary damaged copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PTBXL = Path(os.environ.get("EDGE_ECG_DATA", REPO.parent / "shared" / "data" / "ptbxl")).resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Caches go to a per-session folder: never into the data or the user's home."""
+    os.environ["EDGE_ECG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def ptbxl_dir() -> Path:
+    if not (PTBXL / "ptbxl_database.csv").is_file():
+        pytest.fail(f"PTB-XL subset not found at {PTBXL}; set EDGE_ECG_DATA")
+    return PTBXL
+
+
+@pytest.fixture(scope="session")
+def ptbxl(ptbxl_dir):
+    from edge_ecg.data import load_ptbxl
+
+    return load_ptbxl(ptbxl_dir)
+
+
+def copy_subset(src: Path, dest: Path, ecg_ids: list[int]) -> Path:
+    """A PTB-XL folder at ``dest`` holding copies of the given real records only."""
+    db = pd.read_csv(src / "ptbxl_database.csv")
+    db = db[db.ecg_id.isin(ecg_ids)]
+    (dest).mkdir(parents=True, exist_ok=True)
+    db.to_csv(dest / "ptbxl_database.csv", index=False)
+    shutil.copy(src / "scp_statements.csv", dest / "scp_statements.csv")
+    for rel in db.filename_lr:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        for ext in (".hea", ".dat"):
+            shutil.copy(src / (rel + ext), dest / (rel + ext))
+    return dest
+
+
+@pytest.fixture
+def small_copy(ptbxl_dir, tmp_path):
+    """Ten real records (ecg_id 1-10) copied to a temporary folder, free to damage."""
+    return copy_subset(ptbxl_dir, tmp_path / "ptbxl", list(range(1, 11)))
