@@ -80,6 +80,64 @@ def cmd_data_download(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train / evaluate
+
+
+def _parse_arch_args(pairs: list[str]) -> dict:
+    """``--arch-arg key=value`` pairs; values are JSON literals (numbers, lists, true) or strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--arch-arg {pair!r}: expected KEY=VALUE, e.g. --arch-arg dropout_rate=0.3")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value  # a plain string; never evaluated as code
+    return out
+
+
+def cmd_train(args) -> int:
+    from edge_ecg.evaluate import evaluate
+    from edge_ecg.train import TrainConfig, train
+
+    data = str(Path(args.data).resolve()) if args.data else None
+    config = TrainConfig(
+        arch=args.arch,
+        arch_kwargs=_parse_arch_args(args.arch_arg),
+        data=data,
+        rate=args.rate,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        class_weighted=args.class_weighted,
+        augment=not args.no_augment,
+        train_limit=args.train_limit,
+    )
+    run = Path(args.run or f"runs/{args.arch}")
+    state = train(run, config)
+    print(f"best validation macro AUC {state['best_auc']:.4f} at epoch {state['best_epoch']} -> {run / 'model.keras'}")
+    report = evaluate(run)
+    t = report["test"]
+    print(f"test macro AUC {t['macro_auc']:.4f} [{t['macro_auc_ci95'][0]:.4f}, {t['macro_auc_ci95'][1]:.4f}] -> {run / 'report.md'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from edge_ecg.evaluate import evaluate
+
+    report = evaluate(args.run, data=str(Path(args.data).resolve()) if args.data else None)
+    if args.json:
+        _print_json(report)
+    else:
+        from edge_ecg.evaluate import markdown_report
+
+        print(markdown_report(Path(args.run), report))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -111,6 +169,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=int, choices=(100, 500), default=100, help="sampling rate to fetch (default: 100)")
     p.add_argument("--url", metavar="URL", help="release base URL (default: $EDGE_ECG_PTBXL_URL or PhysioNet)")
     p.set_defaults(func=cmd_data_download)
+
+    from edge_ecg.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train an architecture on folds 1-8, select the best epoch on fold 9",
+                       description="Train an architecture on the training folds (1-8) with augmentation, early stopping "
+                                   "and checkpoint selection on validation (fold 9) macro AUC, then evaluate on fold 10. "
+                                   "Interrupted runs resume: run the same command again.")
+    p.add_argument("--arch", default=d.arch, help="dscnn | cnn_base | inception_cnn | resnet1d_wang (default: dscnn)")
+    p.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture keyword argument, repeatable (e.g. --arch-arg filters=[16,32,32])")
+    p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: $EDGE_ECG_DATA, else ./data/ptbxl)")
+    p.add_argument("--rate", type=int, choices=(100, 500), default=d.rate, help="sampling rate (default: 100)")
+    p.add_argument("--run", metavar="DIR", help="run folder (default: runs/ARCH)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default: {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help=f"peak learning rate, cosine decay (default: {d.learning_rate})")
+    p.add_argument("--patience", type=int, default=d.patience, help=f"early stopping patience in epochs (default: {d.patience})")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same result (default: 0)")
+    p.add_argument("--class-weighted", action="store_true", help="weight positives by negatives/positives per class")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training records (quick checks)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run on the test fold (10): AUC, F1, Fmax, plots",
+                       description="Evaluate a run's best model on the test fold: macro AUC with a 95%% bootstrap "
+                                   "interval, per-class AUC and F1 (thresholds tuned on fold 9), Fmax, exact-match and "
+                                   "label-wise accuracy. Writes metrics.json, report.md, predictions/ and plots.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `edge-ecg train`")
+    p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: the one the run was trained on)")
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of the markdown report")
+    p.set_defaults(func=cmd_evaluate)
 
     _add_stage_parsers(sub)
     return parser

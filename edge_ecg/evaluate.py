@@ -1,0 +1,130 @@
+"""Evaluate a trained run on the test fold: metrics.json, report.md, predictions and plots.
+
+Fold 10 is used for nothing but this report: decision thresholds are tuned on the
+validation fold (9) and only applied to the test fold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edge_ecg import CLASSES
+from edge_ecg import metrics as m
+from edge_ecg.data import PtbxlDataset, Standardizer
+from edge_ecg.train import (
+    HISTORY_FILE,
+    STANDARDIZATION_FILE,
+    TrainConfig,
+    write_json,
+    check_input_shape,
+    load_run_model,
+    load_split,
+    predict,
+    read_run_config,
+)
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+
+
+def save_predictions(run: Path, split_name: str, ecg_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> None:
+    """Predictions as plain .npy beside their record ids and labels (no pickle)."""
+    folder = run / "predictions"
+    folder.mkdir(exist_ok=True)
+    np.save(folder / f"{split_name}_ecg_ids.npy", ecg_ids.astype(np.int64))
+    np.save(folder / f"{split_name}_probs.npy", probs.astype(np.float32))
+    np.save(folder / f"{split_name}_labels.npy", labels.astype(np.uint8))
+
+
+def classification_report(
+    y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray, *, n_boot: int = 1000, seed: int = 0
+) -> dict:
+    """All test-fold metrics; thresholds come from the validation predictions."""
+    thresholds = m.tune_thresholds(y_val, p_val)
+    lo, hi = m.bootstrap_auc(y_test, p_test, n_boot=n_boot, seed=seed)
+    f_max, f_max_t = m.fmax(y_test, p_test)
+    return {
+        "records": int(len(y_test)),
+        "macro_auc": m.macro_auc(y_test, p_test),
+        "macro_auc_ci95": [lo, hi],
+        "per_class_auc": dict(zip(CLASSES, m.per_class_auc(y_test, p_test).tolist())),
+        "thresholds_val": dict(zip(CLASSES, thresholds.tolist())),
+        "per_class_f1": dict(zip(CLASSES, m.per_class_f1(y_test, p_test, thresholds).tolist())),
+        "fmax": f_max,
+        "fmax_threshold": f_max_t,
+        "exact_match_accuracy": m.exact_match_accuracy(y_test, p_test, thresholds),
+        "label_accuracy_at_0.5": m.label_accuracy(y_test, p_test),
+        "confusion_val_thresholds": {
+            c: dict(zip(("tp", "fp", "fn", "tn"), row)) for c, row in zip(CLASSES, m.confusion_counts(y_test, p_test, thresholds).tolist())
+        },
+    }
+
+
+def evaluate(run: str | os.PathLike, *, dataset: PtbxlDataset | None = None, data: str | None = None, plots: bool = True) -> dict:
+    """Evaluate the best model of ``run`` on its test fold; write metrics, report, predictions, plots."""
+    run = Path(run)
+    saved = read_run_config(run)
+    config = TrainConfig.from_dict(saved["train"])
+    if data is not None:
+        config.data = data
+    model = load_run_model(run)
+    standardizer = Standardizer.load(run / STANDARDIZATION_FILE)
+    split = load_split(config, dataset)
+    x_val, x_test = standardizer.transform(split.val.signals), standardizer.transform(split.test.signals)
+    check_input_shape(model, x_test, f"data {config.data}")
+    p_val, p_test = predict(model, x_val), predict(model, x_test)
+    save_predictions(run, "val", split.val.ecg_ids, p_val, split.val.labels)
+    save_predictions(run, "test", split.test.ecg_ids, p_test, split.test.labels)
+
+    from edge_ecg.models import summary
+
+    report = {
+        "arch": config.arch,
+        "test_fold": config.test_fold,
+        "val_fold": config.val_fold,
+        "model": {k: v for k, v in summary(model).items() if k != "layers"},
+        "test": classification_report(split.val.labels, p_val, split.test.labels, p_test, seed=config.seed),
+    }
+    write_json(run / METRICS_FILE, report)
+    (run / REPORT_FILE).write_text(markdown_report(run, report))
+    if plots:
+        from edge_ecg import plots as pl
+
+        pl.roc_curves(split.test.labels, p_test, run / "roc.png", title=f"{config.arch}: test fold {config.test_fold}")
+        pl.confusion_summary(report["test"]["confusion_val_thresholds"], run / "confusion.png")
+        if (run / HISTORY_FILE).is_file():
+            pl.training_curves(run / HISTORY_FILE, run / "training.png")
+    return report
+
+
+def markdown_report(run: Path, report: dict) -> str:
+    t, mod = report["test"], report["model"]
+    lo, hi = t["macro_auc_ci95"]
+    lines = [
+        f"# {report['arch']} — test fold {report['test_fold']} ({t['records']} records)",
+        "",
+        f"- parameters: {mod['params']:,}; multiply-accumulates per record: {mod['macs']:,}; est. int8 bytes: {mod['int8_bytes']:,}",
+        f"- **macro AUC {t['macro_auc']:.4f}** (95 % bootstrap interval {lo:.4f}–{hi:.4f})",
+        f"- Fmax {t['fmax']:.4f} at threshold {t['fmax_threshold']:.2f} (PTB-XL benchmark definition)",
+        f"- exact-match (sample-wise) accuracy {t['exact_match_accuracy']:.4f} with thresholds tuned on fold {report['val_fold']}",
+        f"- label-wise accuracy at 0.5 (Keras `binary_accuracy`) {t['label_accuracy_at_0.5']:.4f}",
+        "",
+        "| class | AUC | F1 | threshold (fold %d) | TP | FP | FN | TN |" % report["val_fold"],
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in CLASSES:
+        cm = t["confusion_val_thresholds"][c]
+        lines.append(
+            f"| {c} | {t['per_class_auc'][c]:.4f} | {t['per_class_f1'][c]:.4f} | {t['thresholds_val'][c]:.2f} "
+            f"| {cm['tp']} | {cm['fp']} | {cm['fn']} | {cm['tn']} |"
+        )
+    lines += ["", "Plots: `roc.png`, `training.png`, `confusion.png`. Predictions: `predictions/*.npy`.", ""]
+    return "\n".join(lines)
+
+
+def read_metrics(run: str | os.PathLike) -> dict:
+    return json.loads((Path(run) / METRICS_FILE).read_text())

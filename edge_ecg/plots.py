@@ -1,0 +1,76 @@
+"""Figures for run folders (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_ecg import CLASSES
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, path: Path, title: str = "") -> None:
+    """One ROC curve per class, AUC in the legend."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for c, name in enumerate(CLASSES):
+        if 0 < y_true[:, c].sum() < len(y_true):
+            fpr, tpr, _ = roc_curve(y_true[:, c], y_prob[:, c])
+            ax.plot(fpr, tpr, label=f"{name}  AUC {roc_auc_score(y_true[:, c], y_prob[:, c]):.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def training_curves(history_csv: Path, path: Path) -> None:
+    """Training and validation loss, and validation macro AUC, per epoch."""
+    from edge_ecg.train import read_history
+
+    rows = read_history(history_csv)
+    epoch = [int(r["epoch"]) for r in rows]
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(epoch, [float(r["loss"]) for r in rows], label="train")
+    a.plot(epoch, [float(r["val_loss"]) for r in rows], label="validation")
+    a.set(xlabel="epoch", ylabel="binary cross-entropy")
+    a.legend()
+    auc = [float(r["val_auc"]) for r in rows]
+    b.plot(epoch, auc, color="C2")
+    best = int(np.argmax(auc))
+    b.scatter([epoch[best]], [auc[best]], color="C3", zorder=3, label=f"best {auc[best]:.3f} (epoch {epoch[best]})")
+    b.set(xlabel="epoch", ylabel="validation macro AUC")
+    b.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def confusion_summary(confusion: dict, path: Path) -> None:
+    """Per-class 2x2 confusion matrices at the validation-tuned thresholds."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(confusion), figsize=(2.2 * len(confusion), 2.6))
+    for ax, (name, cm) in zip(np.atleast_1d(axes), confusion.items()):
+        grid = np.array([[cm["tp"], cm["fn"]], [cm["fp"], cm["tn"]]])
+        ax.imshow(grid, cmap="Blues")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, str(v), ha="center", va="center", color="black" if v < grid.max() / 2 else "white")
+        ax.set_xticks([0, 1], ["pred +", "pred −"])
+        ax.set_yticks([0, 1], ["true +", "true −"])
+        ax.set_title(name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,348 @@
+"""Training with early stopping on validation macro AUC, resumable epoch by epoch.
+
+A run folder holds everything a later stage needs::
+
+    runs/NAME/
+      config.json            resolved configuration, written first
+      standardization.json   per-lead mean/std fitted on the training folds
+      model.keras            best model by validation (fold 9) macro AUC
+      history.csv            one row per completed epoch
+      state/                 last epoch's weights + optimizer (tf.train.Checkpoint) and state.json
+
+Determinism: each epoch's shuffling, augmentation and dropout are drawn from seeds
+derived from (seed, epoch) alone, so a run interrupted after epoch k and resumed
+gives the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edge_ecg import CLASSES, __version__
+from edge_ecg.data import PtbxlDataset, Split, Standardizer, load_ptbxl, split_folds
+from edge_ecg.metrics import MetricError, macro_auc
+
+RUN_FORMAT = 1
+"""Version of the run-folder layout; a folder written with another one is refused."""
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+STANDARDIZATION_FILE = "standardization.json"
+HISTORY_FILE = "history.csv"
+STATE_DIR = "state"
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used as asked; the message says why and what to do."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (``config.json`` holds exactly this)."""
+
+    arch: str = "dscnn"
+    arch_kwargs: dict = field(default_factory=dict)
+    data: str | None = None
+    rate: int = 100
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    patience: int = 10
+    seed: int = 0
+    class_weighted: bool = False
+    augment: bool = True
+    train_limit: int | None = None  # use only the first N training records (smoke tests)
+    val_fold: int = 9
+    test_fold: int = 10
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise RunError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_split(config: TrainConfig, dataset: PtbxlDataset | None = None) -> Split:
+    ds = dataset if dataset is not None else load_ptbxl(config.data, config.rate)
+    split = split_folds(ds, test_fold=config.test_fold, val_fold=config.val_fold)
+    if config.train_limit is not None:
+        split.train = split.train.select(np.arange(min(config.train_limit, len(split.train))))
+    return split
+
+
+def augment(x: np.ndarray, rng: np.random.Generator, rate: int = 100) -> np.ndarray:
+    """Random time shift, amplitude scaling, Gaussian noise and baseline wander on standardized signals.
+
+    Each transform is applied to a record with probability 1/2; all draws come from ``rng``.
+    """
+    n, t, leads = x.shape
+    out = x.copy()
+    for i in range(n):
+        if rng.random() < 0.5:  # time shift up to 0.5 s, circular (a 10-s record is quasi-periodic)
+            out[i] = np.roll(out[i], int(rng.integers(-rate // 2, rate // 2 + 1)), axis=0)
+        if rng.random() < 0.5:
+            out[i] *= rng.uniform(0.8, 1.2)
+        if rng.random() < 0.5:
+            out[i] += rng.normal(0.0, 0.05, (t, leads)).astype(np.float32)
+        if rng.random() < 0.5:  # respiration-like wander, 0.05-0.5 Hz, same on every lead
+            freq, phase, amp = rng.uniform(0.05, 0.5), rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.3)
+            wander = amp * np.sin(2 * np.pi * freq * np.arange(t) / rate + phase)
+            out[i] += wander[:, None].astype(np.float32)
+    return out
+
+
+def check_input_shape(model, x: np.ndarray, source: str) -> None:
+    expected = tuple(model.input_shape[1:])
+    if tuple(x.shape[1:]) != expected:
+        raise RunError(
+            f"{source}: records are {x.shape[1]} samples x {x.shape[2]} leads, the model expects "
+            f"{expected[0]} x {expected[1]}; use data of the model's rate and leads"
+        )
+
+
+def predict(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Probabilities (N, classes) in inference mode."""
+    outs = [model(x[i : i + batch_size], training=False).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, len(CLASSES)), np.float32)
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)  # atomic: an interrupted write never leaves half a file
+
+
+def open_run(run: Path, config: TrainConfig) -> None:
+    """Create the run folder with its config, or check that an existing one matches."""
+    cfg_path = run / CONFIG_FILE
+    wanted = {"format": RUN_FORMAT, "edge_ecg": __version__, "train": asdict(config)}
+    if cfg_path.is_file():
+        saved = read_run_config(run)
+        if saved["train"] != wanted["train"]:
+            diff = sorted(k for k in wanted["train"] if saved["train"].get(k) != wanted["train"][k])
+            raise RunError(
+                f"{cfg_path}: this run was started with other settings ({', '.join(diff)}); "
+                "give the same options to resume it, or a new --run folder"
+            )
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(cfg_path, wanted)
+
+
+def read_run_config(run: Path) -> dict:
+    cfg_path = Path(run) / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise RunError(f"{cfg_path}: not found; is {run} a run folder? Create one with `edge-ecg train`")
+    try:
+        saved = json.loads(cfg_path.read_text())
+    except ValueError as exc:
+        raise RunError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    if saved.get("format") != RUN_FORMAT:
+        raise RunError(
+            f"{cfg_path}: run folder format {saved.get('format')!r} (edge-ecg {saved.get('edge_ecg', '?')}), "
+            f"this edge-ecg {__version__} reads format {RUN_FORMAT}; retrain into a new run folder"
+        )
+    return saved
+
+
+def load_run_model(run: Path):
+    from edge_ecg.tf import keras
+
+    path = Path(run) / MODEL_FILE
+    if not path.is_file():
+        raise RunError(f"{path}: no trained model in this run folder; run `edge-ecg train --run {run}` first")
+    return keras.models.load_model(path, compile=False)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _bce(y, p, pos_weight):
+    from edge_ecg.tf import tf
+
+    eps = 1e-7
+    p = tf.clip_by_value(p, eps, 1 - eps)
+    per = -(y * pos_weight * tf.math.log(p) + (1 - y) * tf.math.log(1 - p))
+    return tf.reduce_mean(per)
+
+
+def train(
+    run: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    dataset: PtbxlDataset | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train ``config.arch`` into ``run``; continue from the last completed epoch if interrupted.
+
+    Returns the final training state (best epoch, best validation AUC, epochs run).
+    ``on_epoch_end(epoch, row)`` is called after each epoch is safely on disk.
+    """
+    from edge_ecg import models
+    from edge_ecg.progress import console
+    from edge_ecg.tf import keras, tf
+
+    run = Path(run)
+    if config.arch not in models.ARCHITECTURES:
+        models.build(config.arch)  # raises the "did you mean" error before anything is written
+    split = load_split(config, dataset)
+    open_run(run, config)
+
+    std_path = run / STANDARDIZATION_FILE
+    if std_path.is_file():
+        standardizer = Standardizer.load(std_path)
+    else:
+        standardizer = Standardizer.fit(split.train.signals)
+        standardizer.save(std_path)
+    x_train = standardizer.transform(split.train.signals)
+    y_train = split.train.labels.astype(np.float32)
+    x_val = standardizer.transform(split.val.signals)
+    y_val = split.val.labels.astype(np.float32)
+
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    model = models.build(
+        config.arch, num_samples=x_train.shape[1], num_leads=x_train.shape[2], num_classes=len(CLASSES), **config.arch_kwargs
+    )
+    check_input_shape(model, x_train, "training data")
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch), alpha=0.05
+    )
+    optimizer = keras.optimizers.Adam(schedule)
+    optimizer.build(model.trainable_variables)  # slots exist before a checkpoint is restored into them
+    pos = y_train.sum(0)
+    pos_weight = np.where(pos > 0, (len(y_train) - pos) / np.maximum(pos, 1), 1.0) if config.class_weighted else np.ones(len(CLASSES))
+    pos_weight = tf.constant(pos_weight, tf.float32)
+
+    state_dir = run / STATE_DIR
+    state_dir.mkdir(exist_ok=True)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "wait": 0, "finished": False}
+    state_path = state_dir / "state.json"
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        ckpt.read(str(state_dir / "ckpt")).assert_consumed()
+        console().print(f"resuming {run} after epoch {state['epoch']} (best val AUC {state['best_auc']:.4f} at epoch {state['best_epoch']})")
+    _trim_history(run / HISTORY_FILE, state["epoch"])
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console(), disable=not progress, transient=True) as bar:
+        while not state["finished"] and state["epoch"] < config.epochs:
+            epoch = state["epoch"] + 1
+            started = time.perf_counter()
+            # Every random draw of this epoch depends on (seed, epoch) only: exact resume.
+            rng = np.random.default_rng([config.seed, epoch])
+            tf.random.set_seed(config.seed * 100_003 + epoch)
+            step = _make_train_step(model, optimizer, pos_weight)  # fresh trace: dropout seeds from the line above
+            order = rng.permutation(len(x_train))
+            task = bar.add_task("", total=steps_per_epoch, epoch=f"{epoch}/{config.epochs}", info="")
+            losses = []
+            for b in range(steps_per_epoch):
+                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+                xb = augment(x_train[idx], rng, config.rate) if config.augment else x_train[idx]
+                losses.append(float(step(tf.constant(xb), tf.constant(y_train[idx]))))
+                bar.update(task, advance=1, info=f"loss {np.mean(losses):.4f}")
+            bar.remove_task(task)
+            p_val = predict(model, x_val)
+            try:
+                val_auc = macro_auc(y_val, p_val)
+            except MetricError as exc:
+                raise RunError(f"validation fold {config.val_fold}: {exc}; it cannot select a model") from exc
+            val_loss = float(_bce(tf.constant(y_val), tf.constant(p_val), tf.ones(len(CLASSES))))
+            row = {
+                "epoch": epoch,
+                "loss": round(float(np.mean(losses)), 6),
+                "val_loss": round(val_loss, 6),
+                "val_auc": round(val_auc, 6),
+                "lr": float(schedule(optimizer.iterations)),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+            improved = val_auc > state["best_auc"]
+            if improved:
+                model.save(run / MODEL_FILE)
+                state.update(best_auc=val_auc, best_epoch=epoch, wait=0)
+            else:
+                state["wait"] += 1
+            state["epoch"] = epoch
+            state["finished"] = state["wait"] >= config.patience or epoch >= config.epochs
+            ckpt.write(str(state_dir / "ckpt"))
+            write_json(state_path, state)  # the epoch counts as done only once this is written
+            _append_history(run / HISTORY_FILE, row)
+            if progress:
+                console().print(
+                    f"epoch {epoch:3d}  loss {row['loss']:.4f}  val_loss {row['val_loss']:.4f}  val_auc {val_auc:.4f}"
+                    f"{'  *' if improved else ''}  {row['seconds']:.1f}s",
+                    highlight=False,
+                )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+    if state["wait"] >= config.patience:
+        state["stopped_early"] = True
+    return state
+
+
+def _make_train_step(model, optimizer, pos_weight):
+    from edge_ecg.tf import tf
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            p = model(x, training=True)
+            loss = _bce(y, p, pos_weight)
+            if model.losses:
+                loss += tf.add_n(model.losses)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return step
+
+
+HISTORY_FIELDS = ("epoch", "loss", "val_loss", "val_auc", "lr", "seconds")
+
+
+def _append_history(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, HISTORY_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _trim_history(path: Path, last_epoch: int) -> None:
+    """Drop history rows of an epoch whose checkpoint never completed."""
+    if not path.is_file():
+        return
+    rows = read_history(path)
+    kept = [r for r in rows if int(r["epoch"]) <= last_epoch]
+    if len(kept) != len(rows):
+        path.unlink()
+        for r in kept:
+            _append_history(path, r)
+
+
+def read_history(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

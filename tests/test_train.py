@@ -1,0 +1,107 @@
+"""Training and evaluation on a small slice of the real records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from edge_ecg.cli import main
+from edge_ecg.data import DataError
+from edge_ecg.train import RunError, TrainConfig, read_history, train
+
+SMALL = dict(arch="dscnn", epochs=3, train_limit=96, batch_size=32, seed=3)
+
+
+def _weights(run):
+    from edge_ecg.tf import tf
+
+    reader = tf.train.load_checkpoint(str(run / "state" / "ckpt"))
+    return {n: reader.get_tensor(n) for n, _ in tf.train.list_variables(str(run / "state" / "ckpt")) if "model" in n}
+
+
+def test_one_epoch_through_the_cli_writes_model_and_report(ptbxl_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(ptbxl_dir), "--run", str(run), "--epochs", "1", "--train-limit", "64"])
+    assert code == 0, capsys.readouterr().err
+    for name in ("config.json", "model.keras", "standardization.json", "history.csv", "metrics.json", "report.md",
+                 "roc.png", "training.png", "confusion.png", "predictions/test_probs.npy"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["records"] == 126 and metrics["test_fold"] == 10
+    ids = np.load(run / "predictions/test_ecg_ids.npy")
+    assert len(ids) == 126 and np.load(run / "predictions/test_probs.npy").shape == (126, 5)
+    assert "test macro AUC" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_at_the_next_epoch_with_the_same_result(ptbxl, tmp_path):
+    config = TrainConfig(**SMALL)
+    straight = tmp_path / "straight"
+    train(straight, config, dataset=ptbxl, progress=False)
+
+    def interrupt(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(resumed, config, dataset=ptbxl, progress=False, on_epoch_end=interrupt)
+    assert [r["epoch"] for r in read_history(resumed / "history.csv")] == ["1"]
+    epochs_after = []
+    train(resumed, config, dataset=ptbxl, progress=False, on_epoch_end=lambda e, r: epochs_after.append(e))
+    assert epochs_after == [2, 3]
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert read_history(straight / "history.csv") == [
+        {**r, "seconds": s["seconds"]} for r, s in zip(read_history(resumed / "history.csv"), read_history(straight / "history.csv"))
+    ]
+
+
+def test_unknown_architecture_is_refused_before_anything_is_written(ptbxl, tmp_path):
+    with pytest.raises(ValueError, match="did you mean 'dscnn'"):
+        train(tmp_path / "run", TrainConfig(arch="dsccn"), dataset=ptbxl, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_with_other_settings_is_refused(ptbxl, tmp_path):
+    run = tmp_path / "run"
+    train(run, TrainConfig(**{**SMALL, "epochs": 1}), dataset=ptbxl, progress=False)
+    before = (run / "config.json").read_text()
+    with pytest.raises(RunError, match="other settings .*seed"):
+        train(run, TrainConfig(**{**SMALL, "epochs": 1, "seed": 4}), dataset=ptbxl, progress=False)
+    assert (run / "config.json").read_text() == before
+
+
+def test_run_folder_of_another_format_is_refused(ptbxl, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"format": 99, "edge_ecg": "9.0", "train": {}}))
+    assert main(["evaluate", "--run", str(run)]) == 1
+    assert "format 99" in capsys.readouterr().err
+
+
+def test_evaluate_without_a_model_names_the_fix(ptbxl, tmp_path, capsys):
+    assert main(["evaluate", "--run", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert "config.json: not found" in err and "edge-ecg train" in err
+
+
+def test_data_with_other_samples_than_the_model_is_refused(ptbxl, tmp_path):
+    from edge_ecg.evaluate import evaluate
+
+    run = tmp_path / "run"
+    train(run, TrainConfig(**{**SMALL, "epochs": 1}), dataset=ptbxl, progress=False)
+    shorter = replace(ptbxl, signals=ptbxl.signals[:, :500])
+    with pytest.raises(RunError, match="500 samples x 12 leads, the model expects 1000 x 12"):
+        evaluate(run, dataset=shorter, plots=False)
+
+
+def test_empty_training_folds_are_an_error(ptbxl, tmp_path):
+    only_val_test = ptbxl.select(ptbxl.folds >= 9)
+    with pytest.raises(DataError, match="training folds .* hold no labelled record"):
+        train(tmp_path / "run", TrainConfig(**SMALL), dataset=only_val_test, progress=False)
+    assert not (tmp_path / "run").exists()
