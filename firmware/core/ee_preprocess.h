@@ -1,0 +1,53 @@
+/*
+ * ee_preprocess.h - PTB-XL samples in millivolts to the model's int8 input,
+ * on the device, bit-exact with the Python reference.
+ *
+ * For every value x of lead l, in float32 and in this order:
+ *
+ *     z = (x - mean[l]) / std[l]
+ *     if clip > 0:  z = min(max(z, -clip), clip)
+ *     q = round_half_to_even(z / scale) + zero_point, clamped to [-128, 127]
+ *
+ * which is, in numpy with float32 arrays,
+ *
+ *     z = (x - mean) / std
+ *     if clip > 0: z = np.clip(z, -clip, clip)
+ *     q = np.clip(np.round(z / scale) + zero_point, -128, 127).astype(np.int8)
+ *
+ * PTB-XL's WFDB files store int16 ADC units at 1000 units per mV; divide by
+ * 1000 (in float32) to get the millivolts this function takes.
+ */
+#ifndef EE_PREPROCESS_H
+#define EE_PREPROCESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Callable from C++ ports (TensorFlow Lite Micro is C++). */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    const float *mean; /* per lead, n_leads values, in mV */
+    const float *std;  /* per lead, n_leads values, in mV, each > 0 */
+    float clip;        /* clip z to [-clip, clip] in std units; <= 0: no clipping */
+    float scale;       /* input quantization scale, > 0 */
+    int32_t zero_point;
+} ee_preprocess_params_t;
+
+typedef enum {
+    EE_PREPROCESS_OK = 0,
+    EE_PREPROCESS_BAD_ARGUMENT /* NULL pointer, std <= 0 or scale <= 0 */
+} ee_preprocess_status_t;
+
+/* Convert samples_mv, (n_samples, n_leads) row-major, into out (same shape).
+ * A NaN sample becomes zero_point (clamped), i.e. "no information". */
+ee_preprocess_status_t ee_preprocess_mv(const float *samples_mv, size_t n_samples, size_t n_leads,
+                                        const ee_preprocess_params_t *params, int8_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EE_PREPROCESS_H */
