@@ -138,6 +138,19 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    from edge_ecg.compress import compress
+
+    report = compress(args.run, prune=args.prune, structured=args.structured, qat=args.qat, epochs=args.epochs, learning_rate=args.lr)
+    if args.json:
+        _print_json(report)
+        return 0
+    for s in report["stages"]:
+        print(f"{s['name']:<28} val AUC {s['val_auc']:.4f}  zero weights {s['sparsity']:.1%}  params {s['params']:,}  MACs {s['macs']:,}")
+    print(f"-> {Path(args.run) / 'compress' / 'final.h5'} (what `edge-ecg export` takes)")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -201,6 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: the one the run was trained on)")
     p.add_argument("--json", action="store_true", help="print metrics.json instead of the markdown report")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compress", help="structured pruning, magnitude pruning, quantization-aware training",
+                       description="Compress a trained run: --structured removes whole filters (smaller dense model), "
+                                   "--prune sets a fraction of weights to zero (tfmot magnitude pruning), --qat trains "
+                                   "quantization-aware (prune-preserving when combined with --prune). Stages run in that "
+                                   "order, each fine-tuning from the one before and keeping its best epoch on fold 9.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `edge-ecg train`")
+    p.add_argument("--structured", type=float, metavar="FRACTION", help="fraction of filters to remove per layer, e.g. 0.5")
+    p.add_argument("--prune", type=float, metavar="SPARSITY", help="target fraction of zero weights, e.g. 0.5")
+    p.add_argument("--qat", action="store_true", help="quantization-aware training (int8)")
+    p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs per stage (default: 10)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak fine-tuning learning rate (default: 5e-4)")
+    p.add_argument("--json", action="store_true", help="print compress.json")
+    p.set_defaults(func=cmd_compress)
 
     _add_stage_parsers(sub)
     return parser

@@ -183,6 +183,29 @@ def _bce(y, p, pos_weight):
     return tf.reduce_mean(per)
 
 
+@dataclass
+class FitData:
+    """Standardized arrays for one fit: training (augmented) and validation (selection)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    rate: int = 100
+
+
+@dataclass
+class FitOptions:
+    epochs: int
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    patience: int = 10
+    seed: int = 0
+    augment: bool = True
+    class_weighted: bool = False
+    select_from_epoch: int = 1  # epochs before this one are never "best" (e.g. pruning not yet at target)
+
+
 def train(
     run: str | os.PathLike,
     config: TrainConfig,
@@ -197,8 +220,7 @@ def train(
     ``on_epoch_end(epoch, row)`` is called after each epoch is safely on disk.
     """
     from edge_ecg import models
-    from edge_ecg.progress import console
-    from edge_ecg.tf import keras, tf
+    from edge_ecg.tf import keras
 
     run = Path(run)
     if config.arch not in models.ARCHITECTURES:
@@ -212,64 +234,121 @@ def train(
     else:
         standardizer = Standardizer.fit(split.train.signals)
         standardizer.save(std_path)
-    x_train = standardizer.transform(split.train.signals)
-    y_train = split.train.labels.astype(np.float32)
-    x_val = standardizer.transform(split.val.signals)
-    y_val = split.val.labels.astype(np.float32)
+    data = fit_data(split, standardizer, config.rate)
 
     keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
     model = models.build(
-        config.arch, num_samples=x_train.shape[1], num_leads=x_train.shape[2], num_classes=len(CLASSES), **config.arch_kwargs
+        config.arch, num_samples=data.x_train.shape[1], num_leads=data.x_train.shape[2], num_classes=len(CLASSES), **config.arch_kwargs
     )
-    check_input_shape(model, x_train, "training data")
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    check_input_shape(model, data.x_train, "training data")
+    options = FitOptions(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        patience=config.patience,
+        seed=config.seed,
+        augment=config.augment,
+        class_weighted=config.class_weighted,
+    )
+    state = fit(model, data, run, options, progress=progress, on_epoch_end=on_epoch_end)
+    if not (run / MODEL_FILE).is_file() or state.get("model_saved_epoch") != state["best_epoch"]:
+        model.load_weights(run / STATE_DIR / BEST_WEIGHTS)
+        model.save(run / MODEL_FILE)
+        state["model_saved_epoch"] = state["best_epoch"]
+        write_json(run / STATE_DIR / "state.json", state)
+    return state
+
+
+def fit_data(split: Split, standardizer: Standardizer, rate: int) -> FitData:
+    return FitData(
+        x_train=standardizer.transform(split.train.signals),
+        y_train=split.train.labels.astype(np.float32),
+        x_val=standardizer.transform(split.val.signals),
+        y_val=split.val.labels.astype(np.float32),
+        rate=rate,
+    )
+
+
+BEST_WEIGHTS = "best.weights.h5"
+
+
+def fit(
+    model,
+    data: FitData,
+    out: Path,
+    options: FitOptions,
+    *,
+    callbacks: tuple = (),
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Fit ``model`` epoch by epoch, resumable, keeping the best weights by validation macro AUC.
+
+    ``out`` receives ``history.csv`` and ``state/`` (last checkpoint, ``best.weights.h5``,
+    ``state.json``). An existing state is resumed. ``callbacks`` are Keras callbacks that
+    need batch hooks (tfmot's ``UpdatePruningStep``). Training and compression share
+    this one loop.
+    """
+    from edge_ecg.progress import console
+    from edge_ecg.tf import keras, tf
+
+    tf.config.experimental.enable_op_determinism()
+    steps_per_epoch = math.ceil(len(data.x_train) / options.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch), alpha=0.05
+        options.learning_rate, decay_steps=max(1, options.epochs * steps_per_epoch), alpha=0.05
     )
     optimizer = keras.optimizers.Adam(schedule)
     optimizer.build(model.trainable_variables)  # slots exist before a checkpoint is restored into them
-    pos = y_train.sum(0)
-    pos_weight = np.where(pos > 0, (len(y_train) - pos) / np.maximum(pos, 1), 1.0) if config.class_weighted else np.ones(len(CLASSES))
-    pos_weight = tf.constant(pos_weight, tf.float32)
+    pos = data.y_train.sum(0)
+    n_classes = data.y_train.shape[1]
+    weights = np.where(pos > 0, (len(data.y_train) - pos) / np.maximum(pos, 1), 1.0) if options.class_weighted else np.ones(n_classes)
+    pos_weight = tf.constant(weights, tf.float32)
 
-    state_dir = run / STATE_DIR
-    state_dir.mkdir(exist_ok=True)
+    state_dir = out / STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
     state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "wait": 0, "finished": False}
     state_path = state_dir / "state.json"
     if state_path.is_file():
         state = json.loads(state_path.read_text())
         ckpt.read(str(state_dir / "ckpt")).assert_consumed()
-        console().print(f"resuming {run} after epoch {state['epoch']} (best val AUC {state['best_auc']:.4f} at epoch {state['best_epoch']})")
-    _trim_history(run / HISTORY_FILE, state["epoch"])
+        if progress and not state["finished"]:
+            console().print(f"resuming {out} after epoch {state['epoch']} (best val AUC {state['best_auc']:.4f} at epoch {state['best_epoch']})")
+    _trim_history(out / HISTORY_FILE, state["epoch"])
+    for cb in callbacks:  # after the restore: tfmot initializes its step only on a fresh model
+        cb.set_model(model)
+        cb.on_train_begin()
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
     with Progress(*columns, console=console(), disable=not progress, transient=True) as bar:
-        while not state["finished"] and state["epoch"] < config.epochs:
+        while not state["finished"] and state["epoch"] < options.epochs:
             epoch = state["epoch"] + 1
             started = time.perf_counter()
             # Every random draw of this epoch depends on (seed, epoch) only: exact resume.
-            rng = np.random.default_rng([config.seed, epoch])
-            tf.random.set_seed(config.seed * 100_003 + epoch)
+            rng = np.random.default_rng([options.seed, epoch])
+            tf.random.set_seed(options.seed * 100_003 + epoch)
             step = _make_train_step(model, optimizer, pos_weight)  # fresh trace: dropout seeds from the line above
-            order = rng.permutation(len(x_train))
-            task = bar.add_task("", total=steps_per_epoch, epoch=f"{epoch}/{config.epochs}", info="")
+            order = rng.permutation(len(data.x_train))
+            task = bar.add_task("", total=steps_per_epoch, epoch=f"{epoch}/{options.epochs}", info="")
             losses = []
             for b in range(steps_per_epoch):
-                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-                xb = augment(x_train[idx], rng, config.rate) if config.augment else x_train[idx]
-                losses.append(float(step(tf.constant(xb), tf.constant(y_train[idx]))))
+                idx = order[b * options.batch_size : (b + 1) * options.batch_size]
+                xb = augment(data.x_train[idx], rng, data.rate) if options.augment else data.x_train[idx]
+                for cb in callbacks:
+                    cb.on_train_batch_begin(b)
+                losses.append(float(step(tf.constant(xb), tf.constant(data.y_train[idx]))))
                 bar.update(task, advance=1, info=f"loss {np.mean(losses):.4f}")
+            for cb in callbacks:
+                cb.on_epoch_end(epoch)
             bar.remove_task(task)
-            p_val = predict(model, x_val)
+            p_val = predict(model, data.x_val)
             try:
-                val_auc = macro_auc(y_val, p_val)
+                val_auc = macro_auc(data.y_val, p_val)
             except MetricError as exc:
-                raise RunError(f"validation fold {config.val_fold}: {exc}; it cannot select a model") from exc
-            val_loss = float(_bce(tf.constant(y_val), tf.constant(p_val), tf.ones(len(CLASSES))))
+                raise RunError(f"validation fold: {exc}; it cannot select a model") from exc
+            val_loss = float(_bce(tf.constant(data.y_val), tf.constant(p_val), tf.ones(n_classes)))
             row = {
                 "epoch": epoch,
                 "loss": round(float(np.mean(losses)), 6),
@@ -278,17 +357,18 @@ def train(
                 "lr": float(schedule(optimizer.iterations)),
                 "seconds": round(time.perf_counter() - started, 2),
             }
-            improved = val_auc > state["best_auc"]
+            improved = epoch >= options.select_from_epoch and val_auc > state["best_auc"]
             if improved:
-                model.save(run / MODEL_FILE)
+                model.save_weights(state_dir / BEST_WEIGHTS)
                 state.update(best_auc=val_auc, best_epoch=epoch, wait=0)
-            else:
+            elif epoch >= options.select_from_epoch:
                 state["wait"] += 1
             state["epoch"] = epoch
-            state["finished"] = state["wait"] >= config.patience or epoch >= config.epochs
+            state["finished"] = state["wait"] >= options.patience or epoch >= options.epochs
+            state["stopped_early"] = state["wait"] >= options.patience
             ckpt.write(str(state_dir / "ckpt"))
             write_json(state_path, state)  # the epoch counts as done only once this is written
-            _append_history(run / HISTORY_FILE, row)
+            _append_history(out / HISTORY_FILE, row)
             if progress:
                 console().print(
                     f"epoch {epoch:3d}  loss {row['loss']:.4f}  val_loss {row['val_loss']:.4f}  val_auc {val_auc:.4f}"
@@ -297,8 +377,6 @@ def train(
                 )
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
-    if state["wait"] >= config.patience:
-        state["stopped_early"] = True
     return state
 
 

@@ -1,0 +1,97 @@
+"""Compression stages on a tiny dscnn trained for one epoch on real records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_ecg.compress import (
+    compress,
+    kernel_zero_fractions,
+    load_model,
+    prune_magnitude,
+    strip_pruning,
+    structured_prune,
+)
+from edge_ecg.models import dscnn, summary
+from edge_ecg.train import TrainConfig, train
+
+TINY = {"filters": [8, 16, 16], "strides": [4, 4, 4], "kernel_size": 5}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(ptbxl, tmp_path_factory):
+    run = tmp_path_factory.mktemp("compress") / "run"
+    train(run, TrainConfig(arch="dscnn", arch_kwargs=TINY, epochs=1, train_limit=96, seed=5), dataset=ptbxl, progress=False)
+    return run
+
+
+def test_structured_pruning_removes_filters_macs_and_keeps_the_kept_ones(tiny_run):
+    from edge_ecg.train import load_run_model
+
+    model = load_run_model(tiny_run)
+    small = structured_prune(model, 0.5, "dscnn", TINY)
+    big, little = summary(model), summary(small)
+    assert [small.get_layer(n).filters for n in ("stem_conv", "block1_pointwise", "block2_pointwise")] == [4, 8, 8]
+    assert little["params"] < 0.5 * big["params"] and little["macs"] < 0.6 * big["macs"]
+    # every kept stem filter is one of the originals, unchanged
+    kept = small.get_layer("stem_conv").get_weights()[0]
+    orig = model.get_layer("stem_conv").get_weights()[0]
+    for j in range(kept.shape[-1]):
+        assert any(np.array_equal(kept[..., j], orig[..., k]) for k in range(orig.shape[-1]))
+    x = np.random.default_rng(0).normal(size=(2, 1000, 12)).astype(np.float32)
+    assert small(x).shape == (2, 5)
+
+
+def test_structured_pruning_refuses_other_architectures():
+    with pytest.raises(ValueError, match="dscnn architecture only.*'cnn_base'"):
+        structured_prune(dscnn(**{k: tuple(v) if isinstance(v, list) else v for k, v in TINY.items()}), 0.5, "cnn_base")
+
+
+def test_strip_pruning_leaves_outputs_unchanged():
+    model = dscnn(filters=(8, 16), strides=(4, 4), kernel_size=5)
+    pruned, _ = prune_magnitude(model, 0.5, total_steps=10, steps_per_epoch=5)
+    x = np.random.default_rng(1).normal(size=(3, 1000, 12)).astype(np.float32)
+    np.testing.assert_array_equal(pruned(x, training=False).numpy(), strip_pruning(pruned)(x, training=False).numpy())
+
+
+def test_magnitude_pruning_reaches_target_and_pqat_keeps_it(tiny_run, ptbxl):
+    report = compress(tiny_run, prune=0.5, qat=True, epochs=2, dataset=ptbxl, progress=False)
+    assert [s["name"] for s in report["stages"]] == ["prune50", "prune50+pqat"]
+    pruned = load_model(tiny_run / "compress/prune50/model.h5")
+    qat = load_model(tiny_run / "compress/final.h5")
+    for model in (pruned, qat):
+        fractions = kernel_zero_fractions(model)
+        for layer in ("stem_conv", "block1_pointwise", "block2_pointwise", "classifier"):
+            assert fractions[layer] == pytest.approx(0.5, abs=0.01), (layer, fractions)
+    assert any("quant" in l.name for l in qat.layers)
+    saved = json.loads((tiny_run / "compress/compress.json").read_text())
+    assert saved["final"] == "prune50+pqat" and saved["stages"][0]["sparsity"] > 0.3
+
+
+def test_structured_stage_trains_and_resumes_without_retraining(tiny_run, ptbxl):
+    report = compress(tiny_run, structured=0.5, epochs=1, dataset=ptbxl, progress=False)
+    stage = report["stages"][0]
+    assert stage["name"] == "structured50" and stage["macs"] < summary(load_model(tiny_run / "model.keras"))["macs"]
+    mtime = (tiny_run / "compress/structured50/model.h5").stat().st_mtime_ns
+    again = compress(tiny_run, structured=0.5, epochs=1, dataset=ptbxl, progress=False)
+    assert again["stages"][0]["val_auc"] == stage["val_auc"]
+    assert (tiny_run / "compress/structured50/model.h5").stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="made with .*epochs"):
+        compress(tiny_run, structured=0.5, epochs=2, dataset=ptbxl, progress=False)
+
+
+def test_bad_fractions_and_empty_requests_are_errors(tiny_run):
+    with pytest.raises(ValueError, match=r"--prune must be a fraction in \(0, 1\), got 1.5"):
+        compress(tiny_run, prune=1.5)
+    with pytest.raises(ValueError, match="nothing to do"):
+        compress(tiny_run)
+
+
+def test_run_without_a_model_names_the_fix(tmp_path):
+    from edge_ecg.train import RunError
+
+    with pytest.raises(RunError, match="config.json: not found"):
+        compress(tmp_path, qat=True)
