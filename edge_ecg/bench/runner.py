@@ -1,0 +1,138 @@
+"""The record loop of a benchmark: results appended to JSONL as they arrive, resumable, summarized.
+
+The JSONL file's first line is a header (backend, model hash, device info); each
+further line is one record. An interrupted benchmark keeps every finished line, and
+``resume=True`` runs only the records without an ``ok`` line — against the same model
+hash, or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edge_ecg.bench.session import RecordOutcome
+
+
+class BenchError(ValueError):
+    """A benchmark that cannot run as asked; the message says why and what to do."""
+
+
+def read_jsonl(path: Path) -> tuple[dict | None, list[dict]]:
+    """(header, record lines) of a results file; a torn last line (a crash mid-write) is ignored."""
+    header, rows = None, []
+    if not path.is_file():
+        return header, rows
+    for line in path.read_text().splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if obj.get("type") == "header":
+            header = header or obj
+        elif obj.get("type") == "record":
+            rows.append(obj)
+    return header, rows
+
+
+def run_records(
+    run_one: Callable[[bytes], RecordOutcome],
+    records: Sequence[tuple[int, bytes]],
+    jsonl: Path,
+    header: dict,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Run every record not yet done, appending one JSON line per record; return all record lines."""
+    from edge_ecg.progress import track
+
+    old_header, old_rows = read_jsonl(jsonl)
+    if old_header is not None and not resume:
+        raise BenchError(f"{jsonl} already holds results; pass --resume to continue it, or remove it to start again")
+    if old_header is not None and old_header.get("model_hash") != header.get("model_hash"):
+        raise BenchError(
+            f"{jsonl} holds results of model {old_header.get('model_hash')}, this run's model is "
+            f"{header.get('model_hash')}; results of two models are never mixed: remove the file to start again"
+        )
+    done = {r["ecg_id"] for r in old_rows if r["status"] == "ok"}
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    with open(jsonl, "a") as fh:
+        if old_header is None:
+            fh.write(json.dumps({"type": "header", **header}) + "\n")
+        todo = [(i, data) for i, data in records if i not in done]
+        for ecg_id, data in track(todo, total=len(todo), description="Benchmark", enabled=progress):
+            outcome = run_one(data)
+            row = {"type": "record", "ecg_id": int(ecg_id), **outcome.__dict__}
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())  # a disconnect or a kill loses nothing already measured
+    _, rows = read_jsonl(jsonl)
+    latest = {}
+    for r in rows:  # a record retried on resume: its last line counts
+        latest[r["ecg_id"]] = r
+    return [latest[i] for i, _ in records if i in latest]
+
+
+def latency_stats(values_us: Sequence[float]) -> dict:
+    if not values_us:
+        return {"records": 0}
+    v = np.asarray(values_us, dtype=np.float64)
+    return {
+        "records": int(len(v)),
+        "median_us": float(np.median(v)),
+        "p90_us": float(np.percentile(v, 90)),
+        "min_us": float(v.min()),
+        "max_us": float(v.max()),
+        "mean_us": float(statistics.fmean(v)),
+    }
+
+
+def summarize(
+    rows: Sequence[dict],
+    *,
+    reference: dict[int, Sequence[int]] | None = None,
+    labels: dict[int, np.ndarray] | None = None,
+    output_scale: float = 1.0,
+    output_zero_point: int = 0,
+    expected_ids: Sequence[int] = (),
+) -> dict:
+    """Latency, accuracy from the device's own outputs, and bit-exactness against a reference."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    summary = {
+        "records": len(expected_ids) or len(rows),
+        "ok": len(ok),
+        "failed": [{"ecg_id": r["ecg_id"], "errors": r["errors"]} for r in rows if r["status"] != "ok"],
+        "missing": sorted(set(expected_ids) - {r["ecg_id"] for r in rows}),
+        "retried": sum(1 for r in rows if r["attempts"] > 1),
+        "resets": sum(r["resets"] for r in rows),
+        "latency": latency_stats([r["latency_us"] for r in ok]),
+    }
+    if reference is not None:
+        mismatches = []
+        for r in ok:
+            ref = np.asarray(reference[r["ecg_id"]], dtype=np.int64)
+            got = np.asarray(r["int8"], dtype=np.int64)
+            if got.shape != ref.shape or not np.array_equal(got, ref):
+                diff = int(np.abs(got - ref).max()) if got.shape == ref.shape else None
+                mismatches.append({"ecg_id": r["ecg_id"], "device": r["int8"], "reference": ref.tolist(), "max_lsb": diff})
+        summary["identical_to_reference"] = len(ok) - len(mismatches)
+        summary["mismatches"] = mismatches
+    if labels is not None and ok:
+        from edge_ecg.metrics import MetricError, bootstrap_auc, macro_auc, per_class_auc
+
+        y = np.stack([labels[r["ecg_id"]] for r in ok])
+        p = output_scale * (np.asarray([r["int8"] for r in ok], dtype=np.float64) - output_zero_point)
+        try:
+            summary["macro_auc"] = macro_auc(y, p)
+            summary["macro_auc_ci95"] = list(bootstrap_auc(y, p, n_boot=500))
+            summary["per_class_auc"] = per_class_auc(y, p).tolist()
+        except MetricError as exc:
+            summary["macro_auc"] = None
+            summary["auc_note"] = str(exc)
+    return summary
