@@ -97,15 +97,13 @@ def _parse_arch_args(pairs: list[str]) -> dict:
     return out
 
 
-def cmd_train(args) -> int:
-    from edge_ecg.evaluate import evaluate
-    from edge_ecg.train import TrainConfig, train
+def _train_config(args):
+    from edge_ecg.train import TrainConfig
 
-    data = str(Path(args.data).resolve()) if args.data else None
-    config = TrainConfig(
+    return TrainConfig(
         arch=args.arch,
         arch_kwargs=_parse_arch_args(args.arch_arg),
-        data=data,
+        data=str(Path(args.data).resolve()) if args.data else None,
         rate=args.rate,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -115,9 +113,18 @@ def cmd_train(args) -> int:
         class_weighted=args.class_weighted,
         augment=not args.no_augment,
         train_limit=args.train_limit,
+        teacher=args.teacher,
+        distill_alpha=args.alpha,
+        distill_temperature=args.temperature,
     )
+
+
+def cmd_train(args) -> int:
+    from edge_ecg.evaluate import evaluate
+    from edge_ecg.train import train
+
     run = Path(args.run or f"runs/{args.arch}")
-    state = train(run, config)
+    state = train(run, _train_config(args))
     print(f"best validation macro AUC {state['best_auc']:.4f} at epoch {state['best_epoch']} -> {run / 'model.keras'}")
     report = evaluate(run)
     t = report["test"]
@@ -126,15 +133,46 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from edge_ecg.evaluate import evaluate
+    if args.cv:
+        return _evaluate_cv(args)
+    if not args.run:
+        raise CliError("evaluate needs --run DIR (a trained run) or --cv (the ten-fold rotation)")
+    from edge_ecg.evaluate import evaluate, markdown_report
 
     report = evaluate(args.run, data=str(Path(args.data).resolve()) if args.data else None)
     if args.json:
         _print_json(report)
     else:
-        from edge_ecg.evaluate import markdown_report
-
         print(markdown_report(Path(args.run), report))
+    return 0
+
+
+def _evaluate_cv(args) -> int:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from edge_ecg import cv
+
+    config = _train_config(args)
+    out = Path(args.run or f"runs/cv/{args.arch}")
+    seeds = [args.seed + i for i in range(args.seeds)]
+    reports = {s: cv.cross_validate(out / f"seed{s}", replace(config, seed=s)) for s in seeds}
+    result = {"cv_dir": str(out), "seeds": {str(s): r for s, r in reports.items()}}
+    aucs = [r["macro_auc"] for r in reports.values()]
+    if len(seeds) > 1:
+        ids, labels, probs, folds = cv.ensemble([out / f"seed{s}" for s in seeds])
+        result["ensemble"] = cv.report_predictions(labels, probs, folds)
+        result["single_seed_mean"], result["single_seed_sd"] = float(np.mean(aucs)), float(np.std(aucs, ddof=1))
+    if args.json:
+        _print_json(result)
+        return 0
+    for s, r in reports.items():
+        print(f"seed {s}: pooled macro AUC {r['macro_auc']:.4f} [{r['macro_auc_ci95'][0]:.4f}, {r['macro_auc_ci95'][1]:.4f}] over {r['records']} records")
+    if "ensemble" in result:
+        e = result["ensemble"]
+        print(f"single seeds {result['single_seed_mean']:.4f} ± {result['single_seed_sd']:.4f}; "
+              f"ensemble of {len(seeds)} {e['macro_auc']:.4f} [{e['macro_auc_ci95'][0]:.4f}, {e['macro_auc_ci95'][1]:.4f}]")
     return 0
 
 
@@ -152,6 +190,29 @@ def cmd_compress(args) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    from edge_ecg.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--arch", default=d.arch, help="dscnn | cnn_base | inception_cnn | resnet1d_wang (default: dscnn)")
+    p.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture keyword argument, repeatable (e.g. --arch-arg filters=[16,32,32])")
+    p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: $EDGE_ECG_DATA, else ./data/ptbxl)")
+    p.add_argument("--rate", type=int, choices=(100, 500), default=d.rate, help="sampling rate (default: 100)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default: {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help=f"peak learning rate, cosine decay (default: {d.learning_rate})")
+    p.add_argument("--patience", type=int, default=d.patience, help=f"early stopping patience in epochs (default: {d.patience})")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same result (default: 0)")
+    p.add_argument("--class-weighted", action="store_true", help="weight positives by negatives/positives per class")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training records (quick checks)")
+    p.add_argument("--teacher", metavar="RUN_OR_PREDICTIONS",
+                   help="distill from a run folder, a --cv folder, a predictions .npz, or several joined by ',' (ensemble)")
+    p.add_argument("--alpha", type=float, default=d.distill_alpha, help=f"weight of the teacher's soft labels (default: {d.distill_alpha})")
+    p.add_argument("--temperature", type=float, default=d.distill_temperature, help=f"distillation temperature (default: {d.distill_temperature})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,36 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", metavar="URL", help="release base URL (default: $EDGE_ECG_PTBXL_URL or PhysioNet)")
     p.set_defaults(func=cmd_data_download)
 
-    from edge_ecg.train import TrainConfig
-
-    d = TrainConfig()
     p = sub.add_parser("train", help="train an architecture on folds 1-8, select the best epoch on fold 9",
                        description="Train an architecture on the training folds (1-8) with augmentation, early stopping "
                                    "and checkpoint selection on validation (fold 9) macro AUC, then evaluate on fold 10. "
                                    "Interrupted runs resume: run the same command again.")
-    p.add_argument("--arch", default=d.arch, help="dscnn | cnn_base | inception_cnn | resnet1d_wang (default: dscnn)")
-    p.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="architecture keyword argument, repeatable (e.g. --arch-arg filters=[16,32,32])")
-    p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: $EDGE_ECG_DATA, else ./data/ptbxl)")
-    p.add_argument("--rate", type=int, choices=(100, 500), default=d.rate, help="sampling rate (default: 100)")
+    _train_options(p)
     p.add_argument("--run", metavar="DIR", help="run folder (default: runs/ARCH)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default: {d.epochs})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.learning_rate, help=f"peak learning rate, cosine decay (default: {d.learning_rate})")
-    p.add_argument("--patience", type=int, default=d.patience, help=f"early stopping patience in epochs (default: {d.patience})")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same result (default: 0)")
-    p.add_argument("--class-weighted", action="store_true", help="weight positives by negatives/positives per class")
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training records (quick checks)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a run on the test fold (10): AUC, F1, Fmax, plots",
-                       description="Evaluate a run's best model on the test fold: macro AUC with a 95%% bootstrap "
+    p = sub.add_parser("evaluate", help="evaluate a run on fold 10, or the ten-fold rotation (--cv)",
+                       description="Evaluate a run's best model on the test fold: macro AUC with a 95% bootstrap "
                                    "interval, per-class AUC and F1 (thresholds tuned on fold 9), Fmax, exact-match and "
-                                   "label-wise accuracy. Writes metrics.json, report.md, predictions/ and plots.")
-    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `edge-ecg train`")
-    p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: the one the run was trained on)")
-    p.add_argument("--json", action="store_true", help="print metrics.json instead of the markdown report")
+                                   "label-wise accuracy; writes metrics.json, report.md, predictions/ and plots. With --cv, "
+                                   "run the rotation over the ten official folds (test k, validate k+1, train the rest; "
+                                   "resumable per fold) and report pooled out-of-fold macro AUC; the training options "
+                                   "below then apply.")
+    p.add_argument("--run", metavar="DIR", help="run folder (with --cv: the rotation's folder, default runs/cv/ARCH)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the report")
+    p.add_argument("--cv", action="store_true", help="ten-fold rotation with pooled out-of-fold predictions")
+    p.add_argument("--seeds", type=int, default=1, help="with --cv: rotations with seeds SEED..SEED+N-1, and their ensemble")
+    _train_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compress", help="structured pruning, magnitude pruning, quantization-aware training",

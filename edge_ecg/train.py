@@ -61,6 +61,9 @@ class TrainConfig:
     class_weighted: bool = False
     augment: bool = True
     train_limit: int | None = None  # use only the first N training records (smoke tests)
+    teacher: str | None = None  # run folder(s), CV folder or predictions .npz: see edge_ecg.distill
+    distill_alpha: float = 0.5  # weight of the teacher's soft labels in the loss (0: labels only)
+    distill_temperature: float = 2.0
     val_fold: int = 9
     test_fold: int = 10
 
@@ -134,9 +137,9 @@ def open_run(run: Path, config: TrainConfig) -> None:
     cfg_path = run / CONFIG_FILE
     wanted = {"format": RUN_FORMAT, "edge_ecg": __version__, "train": asdict(config)}
     if cfg_path.is_file():
-        saved = read_run_config(run)
-        if saved["train"] != wanted["train"]:
-            diff = sorted(k for k in wanted["train"] if saved["train"].get(k) != wanted["train"][k])
+        saved = asdict(TrainConfig.from_dict(read_run_config(run)["train"]))  # options added later take defaults
+        if saved != wanted["train"]:
+            diff = sorted(k for k in wanted["train"] if saved.get(k) != wanted["train"][k])
             raise RunError(
                 f"{cfg_path}: this run was started with other settings ({', '.join(diff)}); "
                 "give the same options to resume it, or a new --run folder"
@@ -192,6 +195,7 @@ class FitData:
     x_val: np.ndarray
     y_val: np.ndarray
     rate: int = 100
+    soft_train: np.ndarray | None = None  # a teacher's probabilities for the training records
 
 
 @dataclass
@@ -204,6 +208,8 @@ class FitOptions:
     augment: bool = True
     class_weighted: bool = False
     select_from_epoch: int = 1  # epochs before this one are never "best" (e.g. pruning not yet at target)
+    distill_alpha: float = 0.0
+    distill_temperature: float = 1.0
 
 
 def train(
@@ -235,6 +241,11 @@ def train(
         standardizer = Standardizer.fit(split.train.signals)
         standardizer.save(std_path)
     data = fit_data(split, standardizer, config.rate)
+    np.save(run / "train_ecg_ids.npy", split.train.ecg_ids)  # which records this model learned from (audits, leaks)
+    if config.teacher:
+        from edge_ecg.distill import teacher_soft_labels
+
+        data.soft_train = teacher_soft_labels(config.teacher, split.train, test_fold=config.test_fold, cache=run / "teacher_train_probs.npy")
 
     keras.utils.set_random_seed(config.seed)
     model = models.build(
@@ -249,6 +260,8 @@ def train(
         seed=config.seed,
         augment=config.augment,
         class_weighted=config.class_weighted,
+        distill_alpha=config.distill_alpha if config.teacher else 0.0,
+        distill_temperature=config.distill_temperature,
     )
     state = fit(model, data, run, options, progress=progress, on_epoch_end=on_epoch_end)
     if not (run / MODEL_FILE).is_file() or state.get("model_saved_epoch") != state["best_epoch"]:
@@ -329,7 +342,8 @@ def fit(
             # Every random draw of this epoch depends on (seed, epoch) only: exact resume.
             rng = np.random.default_rng([options.seed, epoch])
             tf.random.set_seed(options.seed * 100_003 + epoch)
-            step = _make_train_step(model, optimizer, pos_weight)  # fresh trace: dropout seeds from the line above
+            step = _make_train_step(model, optimizer, pos_weight, options.distill_alpha, options.distill_temperature)
+            # (a fresh trace each epoch: dropout draws its seeds from the line above)
             order = rng.permutation(len(data.x_train))
             task = bar.add_task("", total=steps_per_epoch, epoch=f"{epoch}/{options.epochs}", info="")
             losses = []
@@ -338,7 +352,8 @@ def fit(
                 xb = augment(data.x_train[idx], rng, data.rate) if options.augment else data.x_train[idx]
                 for cb in callbacks:
                     cb.on_train_batch_begin(b)
-                losses.append(float(step(tf.constant(xb), tf.constant(data.y_train[idx]))))
+                soft = data.y_train[idx] if data.soft_train is None else data.soft_train[idx]
+                losses.append(float(step(tf.constant(xb), tf.constant(data.y_train[idx]), tf.constant(soft))))
                 bar.update(task, advance=1, info=f"loss {np.mean(losses):.4f}")
             for cb in callbacks:
                 cb.on_epoch_end(epoch)
@@ -380,14 +395,27 @@ def fit(
     return state
 
 
-def _make_train_step(model, optimizer, pos_weight):
+def _make_train_step(model, optimizer, pos_weight, alpha: float = 0.0, temperature: float = 1.0):
+    """One optimizer step on ``(1 - alpha) * BCE(labels) + alpha * T^2 * BCE(soft teacher, soft student)``.
+
+    Soft targets are the teacher's and the student's sigmoids at temperature T
+    (Hinton et al. 2015, per class for multi-label). With alpha = 0 the second term is
+    multiplied by zero and the step equals plain training bit for bit.
+    """
     from edge_ecg.tf import tf
 
+    def logit(p):
+        p = tf.clip_by_value(p, 1e-6, 1 - 1e-6)
+        return tf.math.log(p) - tf.math.log1p(-p)
+
     @tf.function
-    def step(x, y):
+    def step(x, y, teacher):
         with tf.GradientTape() as tape:
             p = model(x, training=True)
-            loss = _bce(y, p, pos_weight)
+            loss = (1.0 - alpha) * _bce(y, p, pos_weight)
+            soft_teacher = tf.sigmoid(logit(teacher) / temperature)
+            soft_student = tf.sigmoid(logit(p) / temperature)
+            loss += alpha * temperature**2 * _bce(soft_teacher, soft_student, tf.ones_like(pos_weight))
             if model.losses:
                 loss += tf.add_n(model.losses)
         grads = tape.gradient(loss, model.trainable_variables)

@@ -166,3 +166,8 @@ def test_importing_the_package_does_not_import_tensorflow():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.strip() == "False"
+
+
+def test_dscnn_refuses_strides_longer_than_the_kernel():
+    with pytest.raises(ValueError, match=r"stride must be <= kernel_size \(5\).*strides=\(8, 8\)"):
+        dscnn(filters=(4, 8), strides=(8, 8), kernel_size=5)

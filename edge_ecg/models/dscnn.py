@@ -85,6 +85,12 @@ def dscnn(
             f"and each block), got {len(strides)}: strides={strides!r}"
         )
     _check_positive_int("kernel_size", kernel_size)
+    if max(strides) > kernel_size:
+        # A stride longer than the kernel skips samples outright; TF 2.21's oneDNN CPU
+        # convolution also corrupts memory on it (kernel 5, stride 8 crashed here).
+        raise ValueError(
+            f"every stride must be <= kernel_size ({kernel_size}) so no sample is skipped, got strides={strides!r}"
+        )
     _check_rate("dropout_rate", dropout_rate)
     if not isinstance(residual, bool):
         raise ValueError(f"residual must be True or False, got {residual!r}")

@@ -1,0 +1,197 @@
+"""Cross-validation over the ten official PTB-XL folds, pooled out-of-fold predictions, paired comparisons.
+
+For k = 1..10 the rotation tests on fold k, validates on fold k+1 (10 -> 1) and trains
+on the other eight. Every labelled record is tested exactly once, by a model that
+never saw it, so the pooled predictions of all 975 shared records give a far tighter
+macro AUC than fold 10's 126 records alone. Each fold is an ordinary run folder::
+
+    runs/cv/NAME/
+      cv.json                 the configuration (resuming with another one is refused)
+      fold01/ ... fold10/     run folders; fold k's predictions/test_*.npy are its out-of-fold predictions
+
+A fold whose run is complete is not retrained, so an interrupted rotation continues
+where it stopped. Comparisons only read the ``.npy`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from edge_ecg import CLASSES
+from edge_ecg.data import PtbxlDataset
+from edge_ecg.metrics import MetricError, bootstrap_auc, macro_auc, per_class_auc
+from edge_ecg.train import RunError, TrainConfig, write_json
+
+CV_FILE = "cv.json"
+FOLDS = tuple(range(1, 11))
+
+
+def rotation(folds: tuple[int, ...] = FOLDS) -> list[tuple[int, int]]:
+    """(test fold, validation fold) pairs: validate on the next fold, 10 wrapping to 1."""
+    return [(k, k % 10 + 1) for k in folds]
+
+
+def fold_dir(cv_dir: Path, test_fold: int) -> Path:
+    return Path(cv_dir) / f"fold{test_fold:02d}"
+
+
+def _open_cv(cv_dir: Path, config: TrainConfig) -> None:
+    wanted = {"format": 1, "train": asdict(replace(config, test_fold=0, val_fold=0))}
+    path = cv_dir / CV_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        saved_train = asdict(TrainConfig.from_dict(saved["train"]))
+        if saved_train != wanted["train"]:
+            diff = sorted(k for k in wanted["train"] if saved_train.get(k) != wanted["train"][k])
+            raise RunError(f"{path}: this rotation was started with other settings ({', '.join(diff)}); use the same options or another folder")
+        return
+    cv_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, wanted)
+
+
+def cross_validate(
+    cv_dir: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    dataset: PtbxlDataset | None = None,
+    folds: tuple[int, ...] = FOLDS,
+    progress: bool = True,
+    on_epoch_end=None,
+) -> dict | None:
+    """Train and predict every fold of the rotation (resuming finished folds); return the pooled report.
+
+    With a subset of ``folds`` only those are run and nothing is pooled (None).
+    """
+    from edge_ecg.data import Standardizer, load_ptbxl
+    from edge_ecg.evaluate import save_predictions
+    from edge_ecg.progress import console
+    from edge_ecg.train import STANDARDIZATION_FILE, load_run_model, load_split, predict, train
+
+    cv_dir = Path(cv_dir)
+    dataset = dataset if dataset is not None else load_ptbxl(config.data, config.rate)
+    _open_cv(cv_dir, config)
+    for test_fold, val_fold in rotation(folds):
+        run = fold_dir(cv_dir, test_fold)
+        if (run / "predictions" / "test_probs.npy").is_file() and (run / "state" / "state.json").is_file():
+            if json.loads((run / "state" / "state.json").read_text()).get("finished"):
+                continue
+        if progress:
+            console().print(f"[bold]{cv_dir.name}[/]: fold {test_fold} (validate on {val_fold})")
+        fold_config = replace(config, test_fold=test_fold, val_fold=val_fold)
+        train(run, fold_config, dataset=dataset, progress=progress, on_epoch_end=on_epoch_end)
+        split = load_split(fold_config, dataset)
+        model = load_run_model(run)
+        x = Standardizer.load(run / STANDARDIZATION_FILE).transform(split.test.signals)
+        save_predictions(run, "test", split.test.ecg_ids, predict(model, x), split.test.labels)
+    return pooled_report(cv_dir) if set(folds) == set(FOLDS) else None
+
+
+def pooled_predictions(cv_dir: str | os.PathLike, name: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ecg_ids, labels, probabilities, test fold) of every fold, pooled and sorted by ecg_id."""
+    ids, labels, probs, folds = [], [], [], []
+    for k in FOLDS:
+        folder = fold_dir(Path(cv_dir), k) / "predictions"
+        if not (folder / f"{name}_probs.npy").is_file():
+            raise RunError(f"{folder}: fold {k} has no predictions yet; run the rotation (`edge-ecg evaluate --cv`) to finish it")
+        fold_ids = np.load(folder / f"{name}_ecg_ids.npy")
+        ids.append(fold_ids)
+        labels.append(np.load(folder / f"{name}_labels.npy"))
+        probs.append(np.load(folder / f"{name}_probs.npy"))
+        folds.append(np.full(len(fold_ids), k))
+    ids_all = np.concatenate(ids)
+    order = np.argsort(ids_all, kind="stable")
+    if len(np.unique(ids_all)) != len(ids_all):
+        raise RunError(f"{cv_dir}: a record appears in two test folds; the rotation is corrupt")
+    return ids_all[order], np.concatenate(labels)[order], np.concatenate(probs)[order], np.concatenate(folds)[order]
+
+
+def naive_probs(labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """The naive baseline: each record gets the class priors of its training folds (AUC 0.5 by construction)."""
+    probs = np.zeros(labels.shape, np.float32)
+    for test_fold, val_fold in rotation():
+        test, train = folds == test_fold, (folds != test_fold) & (folds != val_fold)
+        probs[test] = labels[train].mean(axis=0)
+    return probs
+
+
+def fold_aucs(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> dict[str, dict]:
+    """Macro AUC per test fold, over the classes defined in that fold (exclusions listed)."""
+    out = {}
+    for k in FOLDS:
+        sel = folds == k
+        aucs = per_class_auc(labels[sel], probs[sel])
+        defined = ~np.isnan(aucs)
+        out[str(k)] = {
+            "records": int(sel.sum()),
+            "macro_auc": float(aucs[defined].mean()) if defined.any() else None,
+            "excluded_classes": [CLASSES[c] for c in np.flatnonzero(~defined)],
+        }
+    return out
+
+
+def report_predictions(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    lo, hi = bootstrap_auc(labels, probs, n_boot=n_boot, seed=seed)
+    return {
+        "records": int(len(labels)),
+        "macro_auc": macro_auc(labels, probs),
+        "macro_auc_ci95": [lo, hi],
+        "per_class_auc": dict(zip(CLASSES, per_class_auc(labels, probs).tolist())),
+        "per_fold": fold_aucs(labels, probs, folds),
+    }
+
+
+def pooled_report(cv_dir: str | os.PathLike) -> dict:
+    ids, labels, probs, folds = pooled_predictions(cv_dir)
+    report = {"cv_dir": str(cv_dir), **report_predictions(labels, probs, folds)}
+    write_json(Path(cv_dir) / "pooled.json", report)
+    return report
+
+
+def paired_bootstrap(
+    labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *, n_boot: int = 1000, seed: int = 0
+) -> dict:
+    """Macro AUC of a minus b on the same records, with a paired percentile bootstrap interval.
+
+    Each replicate resamples records once and scores both models on that sample, so
+    the record-to-record variation they share cancels out.
+    """
+    if probs_a.shape != probs_b.shape or probs_a.shape != labels.shape:
+        raise ValueError(f"paired comparison needs predictions of the same records: {probs_a.shape} vs {probs_b.shape}")
+    rng = np.random.default_rng(seed)
+    n, diffs = len(labels), []
+    while len(diffs) < n_boot:
+        idx = rng.integers(0, n, n)
+        pos = labels[idx].sum(axis=0)
+        if ((pos == 0) | (pos == n)).any():
+            continue
+        diffs.append(macro_auc(labels[idx], probs_a[idx]) - macro_auc(labels[idx], probs_b[idx]))
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    return {"difference": macro_auc(labels, probs_a) - macro_auc(labels, probs_b), "ci95": [float(lo), float(hi)]}
+
+
+def ensemble(cv_dirs: list[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled predictions of several rotations (e.g. seeds) averaged record by record."""
+    pooled = [pooled_predictions(d) for d in cv_dirs]
+    ids, labels, _, folds = pooled[0]
+    for other in pooled[1:]:
+        if not np.array_equal(other[0], ids):
+            raise RunError("ensemble members do not hold predictions for the same records")
+    return ids, labels, np.mean([p[2] for p in pooled], axis=0), folds
+
+
+__all__ = [
+    "MetricError",
+    "cross_validate",
+    "ensemble",
+    "naive_probs",
+    "paired_bootstrap",
+    "pooled_predictions",
+    "pooled_report",
+    "report_predictions",
+    "rotation",
+]
