@@ -1,0 +1,244 @@
+"""Export stage: a trained run -> int8 TFLite model, firmware C sources, host-emulated check.
+
+``export(run)`` writes into ``run/export/``::
+
+    model_int8.tflite        full-int8 flatbuffer (int8 I/O, batch 1)
+    model_data.h/.cc         the flatbuffer as a C array (TFLite Micro convention)
+    model_ops.h              op resolver registering exactly the model's operators
+    model_config.h           ECG_* macros: I/O quantization, classes, thresholds, arena...
+    export.json              everything measured (below)
+    test_int8_outputs.npy    int8 TFLM outputs (N, 5) on every test-fold record
+    test_ecg_ids.npy         their record ids
+
+and checks the int8 model as the microcontroller will run it: every test-fold record
+goes through the TFLite Micro interpreter (and LiteRT's reference kernels, which must
+agree bit for bit); metrics on the dequantized outputs are compared with the float
+model's (the parity ladder); the tensor arena is measured to the byte.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edge_ecg.export.convert import (
+    TFLM_RESOLVER,
+    ExportError,
+    check_tflite,
+    load_model,
+    model_io,
+    ops_in_model,
+    to_int8_tflite,
+)
+from edge_ecg.export.convert import is_quantization_aware
+from edge_ecg.export.csources import SOURCE_FILES, c_sources, sha256, write_c_sources
+from edge_ecg.export.emulator import (
+    dequantize_output,
+    litert_run,
+    measure_arena,
+    quantize_input,
+    tflm_run,
+)
+
+EXPORT_DIR = "export"
+TFLITE_FILE = "model_int8.tflite"
+EXPORT_FILE = "export.json"
+COMPRESSED_MODELS = (Path("compress") / "final.keras", Path("compress") / "final.h5")
+"""The compression stage's result, taken before ``model.keras`` when present (first found)."""
+REPRESENTATIVE_RECORDS = 500
+"""Training records used to calibrate the int8 ranges (evenly spaced over the training folds)."""
+
+__all__ = [
+    "TFLM_RESOLVER",
+    "ExportError",
+    "c_sources",
+    "check_tflite",
+    "dequantize_output",
+    "export",
+    "litert_run",
+    "load_model",
+    "measure_arena",
+    "model_io",
+    "ops_in_model",
+    "quantize_input",
+    "tflm_run",
+    "to_int8_tflite",
+    "write_c_sources",
+]
+
+
+def _model_path(run: Path, model_path: str | os.PathLike | None) -> Path:
+    if model_path is not None:
+        return Path(model_path)
+    for candidate in COMPRESSED_MODELS:
+        if (run / candidate).is_file():
+            return run / candidate
+    from edge_ecg.train import MODEL_FILE, load_run_model
+
+    path = run / MODEL_FILE
+    if not path.is_file():
+        load_run_model(run)  # raises RunError: no trained model, run `edge-ecg train` first
+    return path
+
+
+def representative_indices(n: int, limit: int = REPRESENTATIVE_RECORDS) -> np.ndarray:
+    """``min(n, limit)`` record indices spread evenly over ``range(n)``."""
+    if n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
+
+
+def export(
+    run: str | os.PathLike,
+    *,
+    model_path: str | os.PathLike | None = None,
+    dataset=None,
+    data: str | None = None,
+    progress: bool = True,
+    allow_mismatch: bool = False,
+    representative_records: int = REPRESENTATIVE_RECORDS,
+    n_boot: int = 1000,
+) -> dict:
+    """Export the run's model for the microcontroller into ``run/export/``; returns export.json's content.
+
+    The model is ``model_path`` if given, else the compression stage's
+    ``run/compress/final.keras`` or ``run/compress/final.h5`` if present, else
+    ``run/model.keras``; float, pruned and QAT (tfmot) models all load. ``dataset`` (a
+    loaded PTB-XL) or ``data`` (its folder) overrides the run's data.
+
+    Raises ``RunError`` for a folder that is not a trained run, and :class:`ExportError`
+    when the model cannot go to the firmware or when TFLite Micro and LiteRT's
+    reference kernels disagree on a test record (unless ``allow_mismatch``).
+    """
+    from edge_ecg import CLASSES, __version__
+    from edge_ecg.data import LEADS, Standardizer
+    from edge_ecg.evaluate import classification_report
+    from edge_ecg.metrics import macro_auc
+    from edge_ecg.progress import console
+    from edge_ecg.train import (
+        STANDARDIZATION_FILE,
+        TrainConfig,
+        check_input_shape,
+        load_split,
+        predict,
+        read_run_config,
+        write_json,
+    )
+
+    run = Path(run)
+    config = TrainConfig.from_dict(read_run_config(run)["train"])
+    if data is not None:
+        config.data = data
+    path = _model_path(run, model_path)
+    model = load_model(path)
+
+    standardizer = Standardizer.load(run / STANDARDIZATION_FILE)
+    split = load_split(config, dataset)
+    x_test = standardizer.transform(split.test.signals)
+    check_input_shape(model, x_test, f"data {config.data}")
+
+    def say(text: str) -> None:
+        if progress:
+            console().print(text, highlight=False)
+
+    # 1. int8 conversion, calibrated on training records
+    rep_idx = representative_indices(len(split.train), representative_records)
+    representative = standardizer.transform(split.train.signals[rep_idx])
+    say(f"converting {path.name} to int8 TFLite ({len(rep_idx)} representative training records)")
+    tflite = to_int8_tflite(model, representative)
+    io = check_tflite(tflite)
+    ops = ops_in_model(tflite)
+    in_q, out_q = io["inputs"][0], io["outputs"][0]
+
+    # 2. host emulation: TFLite Micro on the validation and test folds
+    x_val = standardizer.transform(split.val.signals)
+    q_val = quantize_input(x_val, in_q["scale"], in_q["zero_point"])
+    q_test = quantize_input(x_test, in_q["scale"], in_q["zero_point"])
+    y_val_q = tflm_run(tflite, q_val, progress=progress, description="TFLM validation")
+    y_test_q = tflm_run(tflite, q_test, progress=progress, description="TFLM test")
+    y_test_ref = litert_run(tflite, q_test, progress=progress, description="LiteRT ref test")
+    identical = np.all(y_test_q == y_test_ref, axis=1)
+    n_identical = int(identical.sum())
+    if n_identical != len(identical) and not allow_mismatch:
+        bad = np.flatnonzero(~identical)
+        raise ExportError(
+            f"TFLite Micro and LiteRT (BUILTIN_REF) int8 outputs differ on {len(bad)} of {len(identical)} test records "
+            f"(first ecg_id {int(split.test.ecg_ids[bad[0]])}); pass allow_mismatch=True to export anyway"
+        )
+    p_val = dequantize_output(y_val_q, out_q["scale"], out_q["zero_point"])
+    p_test = dequantize_output(y_test_q, out_q["scale"], out_q["zero_point"])
+    report = classification_report(split.val.labels, p_val, split.test.labels, p_test, n_boot=n_boot, seed=config.seed)
+    float_auc = macro_auc(split.test.labels, predict(model, x_test))
+
+    # 3. arena
+    say("measuring the TFLite Micro tensor arena")
+    arena = measure_arena(tflite)
+
+    # 4. files
+    out_dir = run / EXPORT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / (TFLITE_FILE + ".tmp")
+    tmp.write_bytes(tflite)
+    os.replace(tmp, out_dir / TFLITE_FILE)
+    thresholds = [report["thresholds_val"][c] for c in CLASSES]
+    thresholds_note = (
+        f"per class, maximizing F1 on validation fold {config.val_fold}, computed on the int8 TFLite Micro "
+        "outputs (dequantized) of this model"
+    )
+    write_c_sources(
+        out_dir,
+        tflite,
+        class_names=list(CLASSES),
+        thresholds=thresholds,
+        lead_mean=standardizer.mean.tolist(),
+        lead_std=standardizer.std.tolist(),
+        lead_names=list(LEADS[: len(standardizer.mean)]),
+        sample_rate_hz=config.rate,
+        arena_bytes=arena["recommended_bytes"],
+        arena_min_bytes=arena["min_bytes"],
+        input_clip_sigma=0.0,
+        thresholds_note=thresholds_note,
+    )
+    np.save(out_dir / "test_int8_outputs.npy", y_test_q)
+    np.save(out_dir / "test_ecg_ids.npy", split.test.ecg_ids.astype(np.int64))
+
+    try:
+        model_name = str(path.resolve().relative_to(run.resolve()))
+    except ValueError:
+        model_name = str(path)
+    result = {
+        "edge_ecg": __version__,
+        "model": model_name,
+        "quantization_aware": bool(is_quantization_aware(model)),
+        "representative": {"records": int(len(rep_idx)), "source": "training folds, evenly spaced, standardized"},
+        "tflite": {
+            "file": TFLITE_FILE,
+            "bytes": len(tflite),
+            "sha256": sha256(tflite),
+            "ops": ops,
+            "resolver": {op: TFLM_RESOLVER[op] for op in ops},
+            "input": in_q,
+            "output": out_q,
+        },
+        "arena": arena,
+        "parity": {
+            "float_test_macro_auc": float_auc,
+            "int8_tflm_test_macro_auc": report["macro_auc"],
+            "auc_drop": float_auc - report["macro_auc"],
+            "test_records": int(len(identical)),
+            "tflm_litert_identical_records": n_identical,
+            "litert_resolver": "BUILTIN_REF",
+        },
+        "thresholds": {"source": thresholds_note, "values": dict(zip(CLASSES, thresholds))},
+        "test": report,
+        "files": [TFLITE_FILE, *SOURCE_FILES, "test_int8_outputs.npy", "test_ecg_ids.npy", EXPORT_FILE],
+    }
+    write_json(out_dir / EXPORT_FILE, result)
+    say(
+        f"int8 TFLM test macro AUC {report['macro_auc']:.4f} (float {float_auc:.4f}, drop {float_auc - report['macro_auc']:+.4f}); "
+        f"TFLM = LiteRT on {n_identical}/{len(identical)} records; {len(tflite):,} bytes; "
+        f"arena min {arena['min_bytes']:,} B, recommended {arena['recommended_bytes']:,} B"
+    )
+    return result
