@@ -189,6 +189,44 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def _clip_arg(value: str):
+    if value in ("auto", "off"):
+        return None if value == "off" else "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of standard deviations, 'auto' or 'off', got {value!r}") from None
+
+
+def cmd_export(args) -> int:
+    from edge_ecg.export import export
+
+    result = export(args.run, model_path=args.model, clip_sigma=args.clip, allow_mismatch=args.allow_mismatch,
+                    out=args.out, data=str(Path(args.data).resolve()) if args.data else None)
+    if args.json:
+        _print_json(result)
+    return 0
+
+
+def cmd_build(args) -> int:
+    from edge_ecg.firmware import build
+
+    result = build(args.run, args.target, out=args.out, runtime=args.runtime, idf=args.idf)
+    if args.json:
+        _print_json(result)
+    elif result.get("built"):
+        print(f"built {result['project_dir']}: {json.dumps(result.get('size', {}))}")
+    return 0
+
+
+def cmd_flash(args) -> int:
+    from edge_ecg.firmware import flash
+
+    result = flash(args.run, args.target, args.port, args.baud, project=args.project, idf=args.idf)
+    print(f"flashed {result['project_dir']} to {result['port']} with {result['tool']}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -279,6 +317,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-4, help="peak fine-tuning learning rate (default: 5e-4)")
     p.add_argument("--json", action="store_true", help="print compress.json")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("export", help="full-int8 TFLite + TFLite Micro C sources, checked on the host emulator",
+                       description="Convert the run's model (compress/final.h5 if present, else model.keras) to a "
+                                   "full-int8 TFLite model (batch 1, int8 I/O, calibrated on training records), evaluate "
+                                   "it through the real TFLite Micro interpreter on every test record, check it bit for bit "
+                                   "against LiteRT's reference kernels, measure the tensor arena, and write model_data.cc/.h, "
+                                   "model_ops.h and model_config.h into RUN/export/.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder")
+    p.add_argument("--model", metavar="FILE", help="export this model file instead (.keras or .h5)")
+    p.add_argument("--clip", type=_clip_arg, default="auto", metavar="SIGMA|auto|off",
+                   help="clip standardized inputs at ±SIGMA before calibration and in the firmware; auto (default) "
+                        "chooses on the validation fold")
+    p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: the run's)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/export)")
+    p.add_argument("--allow-mismatch", action="store_true", help="export even if TFLite Micro and LiteRT disagree")
+    p.add_argument("--json", action="store_true", help="print export.json")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("build", help="render (and build, with ESP-IDF) the firmware project for a target",
+                       description="Write a complete ESP-IDF project (template, firmware core and the run's generated "
+                                   "model files) into RUN/firmware/TARGET; if idf.py is on PATH, run set-target and build and "
+                                   "report flash and RAM use, else print exactly what to run where ESP-IDF is installed.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder with an export/")
+    p.add_argument("--target", default="esp32", help="esp32 | esp32s3 | esp32c3 (default: esp32)")
+    p.add_argument("--runtime", default="tflm", help="tflm (TFLite Micro, default)")
+    p.add_argument("--out", metavar="DIR", help="project folder (default: RUN/firmware/TARGET)")
+    p.add_argument("--idf", metavar="PATH", help="idf.py or the ESP-IDF folder (default: idf.py on PATH)")
+    p.add_argument("--json", action="store_true", help="print the build record as JSON")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("flash", help="flash the built firmware to a board",
+                       description="Flash RUN/firmware/TARGET with idf.py, or with esptool and the offsets of "
+                                   "build/flasher_args.json. Without --port, the one attached Espressif board is used.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder")
+    p.add_argument("--target", default="esp32", help="esp32 | esp32s3 | esp32c3 (default: esp32)")
+    p.add_argument("--port", help="serial port (default: the one Espressif board found)")
+    p.add_argument("--baud", type=int, default=921600, help="flashing baud rate (default: 921600)")
+    p.add_argument("--project", metavar="DIR", help="built project folder (default: RUN/firmware/TARGET)")
+    p.add_argument("--idf", metavar="PATH", help="idf.py or the ESP-IDF folder (default: idf.py on PATH)")
+    p.set_defaults(func=cmd_flash)
 
     _add_stage_parsers(sub)
     return parser

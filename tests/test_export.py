@@ -97,7 +97,7 @@ def test_export_writes_an_int8_model_with_static_shapes_and_its_report(exported,
 
 def test_exporting_twice_gives_byte_identical_sources(exported, ptbxl):
     run, _, first = exported
-    export(run, dataset=ptbxl, progress=False, n_boot=N_BOOT)
+    export(run, dataset=ptbxl, progress=False, n_boot=N_BOOT, clip_sigma=None)
     for name, content in first.items():
         assert (run / "export" / name).read_bytes() == content, name
     for name in SOURCE_FILES:
@@ -320,8 +320,70 @@ def test_a_quantization_aware_model_from_compress_is_exported(exported, ptbxl, t
     qat.save(qat_run / "compress" / "final.h5")  # what `edge-ecg compress` leaves
     _assert_same_weights(qat, load_model(qat_run / "compress" / "final.h5"))
 
-    result = export(qat_run, dataset=ptbxl, progress=False, n_boot=N_BOOT)
+    result = export(qat_run, dataset=ptbxl, progress=False, n_boot=N_BOOT, clip_sigma=None)
     assert result["model"] == "compress/final.h5" and result["quantization_aware"] is True
     assert result["tflite"]["input"]["dtype"] == result["tflite"]["output"]["dtype"] == "INT8"
     assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(result["tflite"]["ops"])
     assert result["parity"]["tflm_litert_identical_records"] == result["parity"]["test_records"] == 126
+
+
+# --------------------------------------------------------------------------- robust input calibration
+
+
+def test_auto_clipping_is_chosen_on_validation_and_reported_with_and_without(exported):
+    _, result, _ = exported
+    calibration = result["calibration"]
+    assert calibration["chosen_by"].endswith("validation fold")
+    clips = [t["clip_sigma"] for t in calibration["trials"]]
+    assert clips == [3.0, 4.0, 5.0, 6.0, 8.0, None]
+    best = max(calibration["trials"], key=lambda t: (round(t["val_int8_macro_auc"], 6), -t["val_mean_abs_diff"]))
+    assert calibration["clip_sigma"] == best["clip_sigma"]
+    for t in calibration["trials"]:
+        assert {"test_int8_macro_auc", "test_mean_abs_diff", "val_int8_macro_auc"} <= set(t)
+
+
+def test_clipping_sets_the_input_range_as_specified(trained_run, ptbxl, tmp_path):
+    result = export(trained_run, dataset=ptbxl, progress=False, n_boot=N_BOOT, clip_sigma=3.0, out=tmp_path / "c3")
+    scale = result["tflite"]["input"]["scale"]
+    zero_point = result["tflite"]["input"]["zero_point"]
+    # the calibrated range is the clipped one: [-3, 3] sd in 255 steps
+    assert scale == pytest.approx(6.0 / 255, rel=0.02)
+    assert abs(zero_point) <= 1
+    unclipped = next(t for t in result["calibration"]["trials"] if t["clip_sigma"] is None)
+    assert unclipped["input_scale"] > 1.5 * scale  # the large-amplitude records stretch the step without it
+    assert "#define ECG_INPUT_CLIP_SIGMA 3.0f" in (tmp_path / "c3" / "model_config.h").read_text()
+
+
+def test_c_preprocessing_matches_python_on_real_records_with_clipping(trained_run, ptbxl, tmp_path):
+    """firmware/core's ee_preprocess_mv with the exported model_config.h == the Python pipeline."""
+    from pathlib import Path
+
+    from edge_ecg.export import clip_inputs
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    out = tmp_path / "c3"
+    result = export(trained_run, dataset=ptbxl, progress=False, n_boot=N_BOOT, clip_sigma=3.0, out=out)
+    core = Path(__file__).resolve().parents[1] / "firmware" / "core"
+    program = tmp_path / "pre.c"
+    program.write_text(
+        '#include <stdio.h>\n#include "model_config.h"\n#include "ee_preprocess.h"\n'
+        "static float x[ECG_INPUT_SAMPLES * ECG_INPUT_LEADS]; static int8_t q[ECG_INPUT_SAMPLES * ECG_INPUT_LEADS];\n"
+        "static const float mean[] = ECG_LEAD_MEAN; static const float sd[] = ECG_LEAD_STD;\n"
+        "int main(void) {\n"
+        "  ee_preprocess_params_t p = {mean, sd, ECG_INPUT_CLIP_SIGMA, ECG_INPUT_SCALE, ECG_INPUT_ZERO_POINT};\n"
+        "  while (fread(x, sizeof x, 1, stdin) == 1) {\n"
+        "    if (ee_preprocess_mv(x, ECG_INPUT_SAMPLES, ECG_INPUT_LEADS, &p, q) != EE_PREPROCESS_OK) return 2;\n"
+        "    fwrite(q, sizeof q, 1, stdout);\n  }\n  return 0;\n}\n"
+    )
+    exe = tmp_path / "pre"
+    subprocess.run(["gcc", "-std=c99", "-O2", "-Wall", "-Werror", f"-I{out}", f"-I{core}", str(program),
+                    str(core / "ee_preprocess.c"), "-lm", "-o", str(exe)], check=True, capture_output=True)
+    # the test fold plus the two large-amplitude records that clipping is for
+    pick = np.flatnonzero((ptbxl.folds == 10) | np.isin(ptbxl.ecg_ids, [421, 710]))[:40]
+    raw = ptbxl.signals[pick].astype(np.float32)
+    c_out = np.frombuffer(subprocess.run([str(exe)], input=raw.tobytes(), capture_output=True, check=True).stdout, np.int8)
+    z = clip_inputs(_standardized(trained_run, ptbxl.select(pick)), 3.0)
+    q = quantize_input(z, result["tflite"]["input"]["scale"], result["tflite"]["input"]["zero_point"])
+    np.testing.assert_array_equal(c_out.reshape(q.shape), q)
+    assert (np.abs(_standardized(trained_run, ptbxl.select(pick))) > 3.0).any()  # clipping really happened

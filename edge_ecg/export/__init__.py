@@ -47,6 +47,9 @@ TFLITE_FILE = "model_int8.tflite"
 EXPORT_FILE = "export.json"
 COMPRESSED_MODELS = (Path("compress") / "final.keras", Path("compress") / "final.h5")
 """The compression stage's result, taken before ``model.keras`` when present (first found)."""
+CLIP_CANDIDATES = (3.0, 4.0, 5.0, 6.0, 8.0, None)
+"""Clipping levels (standard deviations) tried by ``clip_sigma="auto"``; None: no clipping."""
+
 REPRESENTATIVE_RECORDS = 500
 """Training records used to calibrate the int8 ranges (evenly spaced over the training folds)."""
 
@@ -55,6 +58,7 @@ __all__ = [
     "ExportError",
     "c_sources",
     "check_tflite",
+    "clip_inputs",
     "dequantize_output",
     "export",
     "litert_run",
@@ -83,6 +87,14 @@ def _model_path(run: Path, model_path: str | os.PathLike | None) -> Path:
     return path
 
 
+def clip_inputs(x: np.ndarray, clip_sigma: float | None) -> np.ndarray:
+    """Standardized inputs clipped to ±clip_sigma (no-op for None), in float32 as the firmware does."""
+    if clip_sigma is None:
+        return x
+    c = np.float32(clip_sigma)
+    return np.clip(x, -c, c).astype(np.float32)
+
+
 def representative_indices(n: int, limit: int = REPRESENTATIVE_RECORDS) -> np.ndarray:
     """``min(n, limit)`` record indices spread evenly over ``range(n)``."""
     if n <= limit:
@@ -100,6 +112,8 @@ def export(
     allow_mismatch: bool = False,
     representative_records: int = REPRESENTATIVE_RECORDS,
     n_boot: int = 1000,
+    clip_sigma: float | str | None = "auto",
+    out: str | os.PathLike | None = None,
 ) -> dict:
     """Export the run's model for the microcontroller into ``run/export/``; returns export.json's content.
 
@@ -111,6 +125,13 @@ def export(
     Raises ``RunError`` for a folder that is not a trained run, and :class:`ExportError`
     when the model cannot go to the firmware or when TFLite Micro and LiteRT's
     reference kernels disagree on a test record (unless ``allow_mismatch``).
+
+    ``clip_sigma`` clips the standardized input at that many standard deviations
+    before calibration and in every preprocessing (Python and firmware alike), so a
+    few large-amplitude records do not stretch the int8 input step; ``"auto"`` picks
+    it from :data:`CLIP_CANDIDATES` by the int8 macro AUC on the validation fold (the
+    test fold is never used for the choice), None turns clipping off. ``out`` is the
+    folder written (default ``run/export``).
     """
     from edge_ecg import CLASSES, __version__
     from edge_ecg.data import LEADS, Standardizer
@@ -127,6 +148,8 @@ def export(
         write_json,
     )
 
+    if not (clip_sigma is None or clip_sigma == "auto" or (isinstance(clip_sigma, (int, float)) and clip_sigma > 0)):
+        raise ExportError(f"clip_sigma must be a positive number of standard deviations, 'auto' or None, got {clip_sigma!r}")
     run = Path(run)
     config = TrainConfig.from_dict(read_run_config(run)["train"])
     if data is not None:
@@ -143,21 +166,45 @@ def export(
         if progress:
             console().print(text, highlight=False)
 
-    # 1. int8 conversion, calibrated on training records
+    # 1. int8 conversion, calibrated on training records, with the input clipping chosen on fold 9
     rep_idx = representative_indices(len(split.train), representative_records)
     representative = standardizer.transform(split.train.signals[rep_idx])
-    say(f"converting {path.name} to int8 TFLite ({len(rep_idx)} representative training records)")
-    tflite = to_int8_tflite(model, representative)
-    io = check_tflite(tflite)
+    x_val = standardizer.transform(split.val.signals)
+    p_val_float, p_test_float = predict(model, x_val), predict(model, x_test)
+    candidates = CLIP_CANDIDATES if clip_sigma == "auto" else (clip_sigma,)
+    if None not in candidates:
+        candidates = (*candidates, None)  # always measured, for the report's "without clipping" row
+    trials = {}
+    for clip in candidates:
+        say(f"converting {path.name} to int8 TFLite ({len(rep_idx)} representative training records, "
+            f"clip {'off' if clip is None else f'±{clip:g} sd'})")
+        tflite = to_int8_tflite(model, clip_inputs(representative, clip))
+        io = check_tflite(tflite)
+        in_q, out_q = io["inputs"][0], io["outputs"][0]
+        y_val_q = tflm_run(tflite, quantize_input(clip_inputs(x_val, clip), in_q["scale"], in_q["zero_point"]))
+        p_val = dequantize_output(y_val_q, out_q["scale"], out_q["zero_point"])
+        trials[clip] = {
+            "tflite": tflite, "io": io, "y_val_q": y_val_q,
+            "row": {"clip_sigma": clip, "input_scale": in_q["scale"], "val_int8_macro_auc": macro_auc(split.val.labels, p_val),
+                    "val_mean_abs_diff": float(np.mean(np.abs(p_val - p_val_float)))},
+        }
+    chosen = clip_sigma if clip_sigma != "auto" else max(
+        CLIP_CANDIDATES, key=lambda c: (round(trials[c]["row"]["val_int8_macro_auc"], 6), -trials[c]["row"]["val_mean_abs_diff"])
+    )
+    tflite, io, y_val_q = trials[chosen]["tflite"], trials[chosen]["io"], trials[chosen]["y_val_q"]
     ops = ops_in_model(tflite)
     in_q, out_q = io["inputs"][0], io["outputs"][0]
 
-    # 2. host emulation: TFLite Micro on the validation and test folds
-    x_val = standardizer.transform(split.val.signals)
-    q_val = quantize_input(x_val, in_q["scale"], in_q["zero_point"])
-    q_test = quantize_input(x_test, in_q["scale"], in_q["zero_point"])
-    y_val_q = tflm_run(tflite, q_val, progress=progress, description="TFLM validation")
+    # 2. host emulation: TFLite Micro on the test fold (and without clipping, for comparison)
+    q_test = quantize_input(clip_inputs(x_test, chosen), in_q["scale"], in_q["zero_point"])
     y_test_q = tflm_run(tflite, q_test, progress=progress, description="TFLM test")
+    for clip, trial in trials.items():
+        t_in, t_out = trial["io"]["inputs"][0], trial["io"]["outputs"][0]
+        y = y_test_q if clip == chosen else tflm_run(trial["tflite"], quantize_input(clip_inputs(x_test, clip), t_in["scale"], t_in["zero_point"]))
+        p = dequantize_output(y, t_out["scale"], t_out["zero_point"])
+        trial["row"]["test_int8_macro_auc"] = macro_auc(split.test.labels, p)
+        trial["row"]["test_mean_abs_diff"] = float(np.mean(np.abs(p - p_test_float)))
+        trial["row"]["test_max_abs_diff"] = float(np.max(np.abs(p - p_test_float)))
     y_test_ref = litert_run(tflite, q_test, progress=progress, description="LiteRT ref test")
     identical = np.all(y_test_q == y_test_ref, axis=1)
     n_identical = int(identical.sum())
@@ -170,14 +217,14 @@ def export(
     p_val = dequantize_output(y_val_q, out_q["scale"], out_q["zero_point"])
     p_test = dequantize_output(y_test_q, out_q["scale"], out_q["zero_point"])
     report = classification_report(split.val.labels, p_val, split.test.labels, p_test, n_boot=n_boot, seed=config.seed)
-    float_auc = macro_auc(split.test.labels, predict(model, x_test))
+    float_auc = macro_auc(split.test.labels, p_test_float)
 
     # 3. arena
     say("measuring the TFLite Micro tensor arena")
     arena = measure_arena(tflite)
 
     # 4. files
-    out_dir = run / EXPORT_DIR
+    out_dir = Path(out) if out is not None else run / EXPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (TFLITE_FILE + ".tmp")
     tmp.write_bytes(tflite)
@@ -198,7 +245,7 @@ def export(
         sample_rate_hz=config.rate,
         arena_bytes=arena["recommended_bytes"],
         arena_min_bytes=arena["min_bytes"],
-        input_clip_sigma=0.0,
+        input_clip_sigma=0.0 if chosen is None else float(chosen),
         thresholds_note=thresholds_note,
     )
     np.save(out_dir / "test_int8_outputs.npy", y_test_q)
@@ -223,6 +270,11 @@ def export(
             "output": out_q,
         },
         "arena": arena,
+        "calibration": {
+            "clip_sigma": chosen,
+            "chosen_by": "int8 TFLM macro AUC on the validation fold" if clip_sigma == "auto" else "given",
+            "trials": [t["row"] for t in trials.values()],
+        },
         "parity": {
             "float_test_macro_auc": float_auc,
             "int8_tflm_test_macro_auc": report["macro_auc"],
