@@ -227,6 +227,24 @@ def cmd_flash(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from edge_ecg.bench import bench, format_summary
+
+    emulator = None if args.port else (args.emulator or "tflm")
+    summary = bench(args.run, port=args.port, baud=args.baud, emulator=emulator, limit=args.limit, resume=args.resume,
+                    retries=args.retries, timeout=args.timeout, warmup=args.warmup, load=args.load)
+    _print_json(summary) if args.json else print(format_summary(summary))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from edge_ecg.run import run_pipeline
+
+    stages = run_pipeline(args.run, data=args.data, arch=args.arch, preset=args.preset, target=args.target, seed=args.seed)
+    _print_json(stages)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -357,6 +375,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", metavar="DIR", help="built project folder (default: RUN/firmware/TARGET)")
     p.add_argument("--idf", metavar="PATH", help="idf.py or the ESP-IDF folder (default: idf.py on PATH)")
     p.set_defaults(func=cmd_flash)
+
+    p = sub.add_parser("bench", help="latency and accuracy over serial (MLPerf Tiny protocol) or on the emulator",
+                       description="Send the run's test-fold records to the board (--port) or the TFLite Micro host "
+                                   "emulator (--emulator), read outputs and device timestamps, and report per-record "
+                                   "latency (median, p90, min, max; warm-up excluded), macro AUC from the device's outputs "
+                                   "and, for every record, whether its int8 outputs equal the host emulator's. Results are "
+                                   "appended to RUN/bench/<backend>.jsonl as they arrive; --resume continues.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder with an export/")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0")
+    where.add_argument("--emulator", nargs="?", const="tflm", choices=("tflm",), help="the TFLite Micro host emulator")
+    p.add_argument("--baud", type=int, default=921600, help="(default: 921600)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N test records")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted benchmark")
+    p.add_argument("--retries", type=int, default=3, help="attempts per record after a fault (default: 3)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply (default: 5)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed inferences before the first timed one (default: 3)")
+    p.add_argument("--load", choices=("binary", "hex"), default="binary", help="record transfer (default: binary)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("run", help="the whole pipeline: data, train, compress, export, build, bench (emulator)",
+                       description="Run every stage on one run folder; rerun the same command to resume.")
+    p.add_argument("--run", default="runs/quick", metavar="DIR", help="run folder (default: runs/quick)")
+    p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: $EDGE_ECG_DATA, else ./data/ptbxl)")
+    p.add_argument("--arch", default="dscnn", help="architecture (default: dscnn)")
+    p.add_argument("--preset", default="quick", help="quick (a few minutes on 2 cores, default) | full")
+    p.add_argument("--target", default="esp32", help="firmware target (default: esp32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_run)
 
     _add_stage_parsers(sub)
     return parser

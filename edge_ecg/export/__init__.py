@@ -50,6 +50,9 @@ COMPRESSED_MODELS = (Path("compress") / "final.keras", Path("compress") / "final
 CLIP_CANDIDATES = (3.0, 4.0, 5.0, 6.0, 8.0, None)
 """Clipping levels (standard deviations) tried by ``clip_sigma="auto"``; None: no clipping."""
 
+LITERT_TOLERANCE_LSB = 1
+"""Largest TFLite Micro vs LiteRT BUILTIN_REF difference (int8 steps) accepted with a warning."""
+
 REPRESENTATIVE_RECORDS = 500
 """Training records used to calibrate the int8 ranges (evenly spaced over the training folds)."""
 
@@ -124,7 +127,8 @@ def export(
 
     Raises ``RunError`` for a folder that is not a trained run, and :class:`ExportError`
     when the model cannot go to the firmware or when TFLite Micro and LiteRT's
-    reference kernels disagree on a test record (unless ``allow_mismatch``).
+    reference kernels disagree by more than LITERT_TOLERANCE_LSB on a test record
+    (unless ``allow_mismatch``); smaller differences are listed in export.json.
 
     ``clip_sigma`` clips the standardized input at that many standard deviations
     before calibration and in every preprocessing (Python and firmware alike), so a
@@ -208,12 +212,24 @@ def export(
     y_test_ref = litert_run(tflite, q_test, progress=progress, description="LiteRT ref test")
     identical = np.all(y_test_q == y_test_ref, axis=1)
     n_identical = int(identical.sum())
-    if n_identical != len(identical) and not allow_mismatch:
-        bad = np.flatnonzero(~identical)
+    lsb = np.abs(y_test_q.astype(np.int16) - y_test_ref.astype(np.int16)).max(axis=1)
+    litert_mismatches = [
+        {"ecg_id": int(split.test.ecg_ids[i]), "tflm": y_test_q[i].tolist(), "litert_ref": y_test_ref[i].tolist(), "max_lsb": int(lsb[i])}
+        for i in np.flatnonzero(~identical)
+    ]
+    # TFLite Micro is what the firmware runs; LiteRT's reference kernels are the cross-check.
+    # Measured here: a QAT dscnn differed by 1 LSB on 1-2 of 126 records (TFLM and the AOT
+    # runtime agree exactly), so up to LITERT_TOLERANCE_LSB is listed and warned about, more is an error.
+    if int(lsb.max(initial=0)) > LITERT_TOLERANCE_LSB and not allow_mismatch:
+        bad = np.flatnonzero(lsb > LITERT_TOLERANCE_LSB)
         raise ExportError(
-            f"TFLite Micro and LiteRT (BUILTIN_REF) int8 outputs differ on {len(bad)} of {len(identical)} test records "
-            f"(first ecg_id {int(split.test.ecg_ids[bad[0]])}); pass allow_mismatch=True to export anyway"
+            f"TFLite Micro and LiteRT (BUILTIN_REF) int8 outputs differ by more than {LITERT_TOLERANCE_LSB} LSB on "
+            f"{len(bad)} of {len(identical)} test records (first ecg_id {int(split.test.ecg_ids[bad[0]])}, "
+            f"{int(lsb.max())} LSB); pass allow_mismatch=True to export anyway"
         )
+    if litert_mismatches:
+        say(f"[yellow]warning[/]: TFLite Micro and LiteRT BUILTIN_REF differ by 1 LSB on {len(litert_mismatches)} of "
+            f"{len(identical)} test records (listed in export.json)")
     p_val = dequantize_output(y_val_q, out_q["scale"], out_q["zero_point"])
     p_test = dequantize_output(y_test_q, out_q["scale"], out_q["zero_point"])
     report = classification_report(split.val.labels, p_val, split.test.labels, p_test, n_boot=n_boot, seed=config.seed)
@@ -281,6 +297,8 @@ def export(
             "auc_drop": float_auc - report["macro_auc"],
             "test_records": int(len(identical)),
             "tflm_litert_identical_records": n_identical,
+            "tflm_litert_tolerance_lsb": LITERT_TOLERANCE_LSB,
+            "tflm_litert_mismatches": litert_mismatches,
             "litert_resolver": "BUILTIN_REF",
         },
         "thresholds": {"source": thresholds_note, "values": dict(zip(CLASSES, thresholds))},
