@@ -1,0 +1,843 @@
+"""One lowering per supported op: checks, TFLM Prepare-time constants, and C code.
+
+Each ``lower_*`` function validates its op (raising :class:`AotError` for anything it
+cannot reproduce exactly) and returns a :class:`Step`. A compute step carries an
+``emit`` callable producing the op's C function and its ``static const`` data; an
+alias step (RESHAPE, EXPAND_DIMS, SQUEEZE) only says that its output shares the
+input's bytes. Integer semantics follow TFLite Micro's reference kernels; see
+:mod:`edge_ecg.aot.fixedpoint` for the arithmetic itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_ecg.aot import fixedpoint as fp
+from edge_ecg.aot.graph import Graph, Op, Tensor
+
+_SAME, _VALID = 0, 1
+_ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6"}
+
+
+@dataclass
+class CFunction:
+    """An op's C code: its constant data and its function (both ``static``)."""
+
+    data: str
+    function: str
+    data_bytes: int  # bytes of constant data (weights, biases, multipliers, tables)
+
+
+@dataclass
+class Step:
+    op: Op
+    kind: str  # "compute" or "alias"
+    inputs: tuple[int, ...]  # activation tensors read, in call order
+    output: int  # the tensor written (or aliased)
+    emit: Callable[[str], CFunction] | None = None
+    summary: dict = field(default_factory=dict)
+
+
+# --- C formatting -----------------------------------------------------------------------
+
+
+def c_int(v: int) -> str:
+    v = int(v)
+    return "(-2147483647 - 1)" if v == fp.INT32_MIN else str(v)
+
+
+def c_array(ctype: str, name: str, values: Sequence[int], per_line: int) -> str:
+    vals = [c_int(v) for v in values]
+    lines = [
+        "  " + ", ".join(vals[i : i + per_line]) + ("," if i + per_line < len(vals) else "")
+        for i in range(0, len(vals), per_line)
+    ]
+    return f"static const {ctype} {name}[{len(vals)}] = {{\n" + "\n".join(lines) + "\n};\n"
+
+
+def _shape(t: Tensor) -> str:
+    return "x".join(str(d) for d in t.shape) or "1"
+
+
+# --- checks -----------------------------------------------------------------------------
+
+
+def _tensor(graph: Graph, op: Op, position: int, role: str) -> Tensor:
+    if position >= len(op.inputs) or op.inputs[position] < 0:
+        raise op.error(f"missing {role} input")
+    return graph.tensors[op.inputs[position]]
+
+
+def _activation(graph: Graph, op: Op, index: int, role: str) -> Tensor:
+    t = graph.tensors[index]
+    if t.is_const:
+        raise op.error(f"{role} {t.name!r} is a constant tensor; only activations are supported")
+    if t.dtype != "int8":
+        raise op.error(
+            f"{role} {t.name!r} is {t.dtype}; only int8 activations are supported "
+            "(convert with full-integer int8 quantization and int8 input/output)"
+        )
+    if not t.scales or not t.per_tensor:
+        raise op.error(f"{role} {t.name!r} needs per-tensor int8 quantization")
+    return t
+
+
+def _input(graph: Graph, op: Op, position: int = 0) -> Tensor:
+    return _activation(graph, op, _tensor(graph, op, position, "input").index, "input")
+
+
+def _output(graph: Graph, op: Op) -> Tensor:
+    if len(op.outputs) != 1:
+        raise op.error(f"expected one output, got {len(op.outputs)}")
+    return _activation(graph, op, op.outputs[0], "output")
+
+
+def _fused(op: Op, activation: int) -> int:
+    if activation not in _ACTIVATIONS:
+        raise op.error(f"fused activation {activation} is not supported (NONE/RELU/RELU6/RELU_N1_TO_1)")
+    return activation
+
+
+def _options(op: Op):
+    if op.options is None:
+        raise op.error("builtin options missing")
+    return op.options
+
+
+def _weights(graph: Graph, op: Op, position: int, quantized_dim: int) -> tuple[Tensor, list[float]]:
+    w = _tensor(graph, op, position, "weights")
+    if not w.is_const or w.dtype != "int8":
+        raise op.error(f"weights {w.name!r} must be constant int8, got {w.dtype}")
+    if not w.scales:
+        raise op.error(f"weights {w.name!r} are not quantized")
+    if any(z != 0 for z in w.zero_points):
+        raise op.error(f"weights {w.name!r} have a nonzero zero point (TFLM assumes symmetric)")
+    channels = w.shape[quantized_dim]
+    if len(w.scales) == 1:
+        scales = [w.scales[0]] * channels
+    elif len(w.scales) == channels and w.quantized_dimension == quantized_dim:
+        scales = list(w.scales)
+    else:
+        raise op.error(
+            f"weights {w.name!r}: {len(w.scales)} scales along dimension {w.quantized_dimension} "
+            f"do not match {channels} output channels"
+        )
+    return w, scales
+
+
+def _bias(graph: Graph, op: Op, position: int, channels: int) -> np.ndarray:
+    if position >= len(op.inputs) or op.inputs[position] < 0:
+        return np.zeros(channels, dtype=np.int64)
+    b = graph.tensors[op.inputs[position]]
+    if not b.is_const or b.dtype != "int32":
+        raise op.error(f"bias {b.name!r} must be constant int32, got {b.dtype}")
+    if b.size != channels:
+        raise op.error(f"bias {b.name!r} has {b.size} values for {channels} channels")
+    return b.data.reshape(-1).astype(np.int64)
+
+
+def _nhwc(op: Op, t: Tensor, role: str) -> tuple[int, int, int]:
+    if len(t.shape) != 4:
+        raise op.error(f"{role} must be 4-D NHWC, got {t.describe()}")
+    if t.shape[0] != 1:
+        raise op.error(f"{role} batch must be 1, got {t.shape[0]}")
+    return t.shape[1], t.shape[2], t.shape[3]
+
+
+def _padding(op: Op, padding: int, stride: int, in_size: int, k: int, out_size: int) -> int:
+    """ComputePaddingHeightWidth for one dimension (dilation 1), checking out_size."""
+    if stride < 1:
+        raise op.error(f"stride {stride} must be positive")
+    if padding == _SAME:
+        expected = (in_size + stride - 1) // stride
+    elif padding == _VALID:
+        expected = (in_size - k + stride) // stride
+    else:
+        raise op.error(f"padding type {padding} is not supported")
+    if expected != out_size:
+        raise op.error(f"output size {out_size} does not match the computed {expected}")
+    total = max((out_size - 1) * stride + k - in_size, 0)
+    return total // 2
+
+
+def _plus(v: int) -> str:
+    """`` + v`` / `` - v`` to append to a C expression; nothing for 0."""
+    v = int(v)
+    return "" if v == 0 else (f" + {v}" if v > 0 else f" - {-v}")
+
+
+def _index(terms: Sequence[tuple[str, int]]) -> str:
+    """A C sum of ``var * stride`` terms (``0`` when empty)."""
+    parts = [v if k == 1 else f"{v} * {k}" for v, k in terms]
+    return " + ".join(parts) if parts else "0"
+
+
+def _dot(n: int, acc: str, w: str, x: str, var: str = "j") -> str:
+    """C for ``acc += w[j] * x[j]`` over ``n`` bytes. A length that is not a multiple
+    of 16 is split into a multiple of 16 and the rest, so that GCC's -O2 vectorizer
+    (which accepts only loops needing no epilogue) still vectorizes the bulk."""
+    body = f"{acc} += (int32_t){w}[{var}] * {x}[{var}];"
+    bulk = n - n % 16
+    if bulk == 0 or bulk == n:
+        return f"for (int {var} = 0; {var} < {n}; ++{var}) {body}\n"
+    return (
+        f"for (int {var} = 0; {var} < {bulk}; ++{var}) {body}\n"
+        f"for (int {var} = {bulk}; {var} < {n}; ++{var}) {body}\n"
+    )
+
+
+def _requant_lines(mult: str, shift: str, out_zp: int, amin: int, amax: int, var: str = "acc") -> str:
+    return (
+        f"{var} = aot_mbqm({var}, {mult}, {shift}){_plus(out_zp)};\n"
+        f"if ({var} < {amin}) {var} = {amin};\n"
+        f"if ({var} > {amax}) {var} = {amax};\n"
+    )
+
+
+def _indent(code: str, n: int) -> str:
+    pad = " " * n
+    return "".join(pad + line if line.strip() else line for line in code.splitlines(True))
+
+
+class _Multipliers:
+    """Per-channel (multiplier, shift) pairs as C: literals if uniform, else arrays."""
+
+    def __init__(self, pairs: list[tuple[int, int]], index: str):
+        self.pairs = pairs
+        self.uniform = len(set(pairs)) == 1
+        self.index = index
+
+    def data(self, fn: str) -> tuple[str, int]:
+        if self.uniform:
+            return "", 0
+        m = c_array("int32_t", f"{fn}_multiplier", [p[0] for p in self.pairs], 8)
+        s = c_array("int32_t", f"{fn}_shift", [p[1] for p in self.pairs], 16)
+        return m + s, 8 * len(self.pairs)
+
+    def refs(self, fn: str) -> tuple[str, str]:
+        if self.uniform:
+            return c_int(self.pairs[0][0]), c_int(self.pairs[0][1])
+        return f"{fn}_multiplier[{self.index}]", f"{fn}_shift[{self.index}]"
+
+
+def _windows(out_size: int, stride: int, pad: int, k: int, in_size: int) -> bool:
+    """Whether some output position's window is clipped by the padding."""
+    for o in range(out_size):
+        start = o * stride - pad
+        if start < 0 or start + k > in_size:
+            return True
+    return False
+
+
+def _conv_multipliers(inp: Tensor, scales: list[float], out: Tensor, rounding: str):
+    # PopulateConvolutionQuantizationParams: double(input) * double(filter) / double(output)
+    return [fp.quantize_multiplier(inp.scale * s / out.scale, rounding) for s in scales]
+
+
+# --- CONV_2D ----------------------------------------------------------------------------
+
+
+def lower_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
+    o = _options(op)
+    inp, out = _input(graph, op), _output(graph, op)
+    w, scales = _weights(graph, op, 1, 0)
+    ih, iw, ic = _nhwc(op, inp, "input")
+    oh, ow, oc = _nhwc(op, out, "output")
+    if len(w.shape) != 4:
+        raise op.error(f"filter must be 4-D, got {w.describe()}")
+    woc, kh, kw, wic = w.shape
+    if woc != oc:
+        raise op.error(f"filter has {woc} output channels, output has {oc}")
+    if wic != ic:
+        raise op.error(f"grouped convolution ({ic} input channels, filter depth {wic}) is not supported")
+    if o.dilationHFactor != 1 or o.dilationWFactor != 1:
+        raise op.error(f"dilation {o.dilationHFactor}x{o.dilationWFactor} is not supported (only 1)")
+    sh, sw = o.strideH, o.strideW
+    ph = _padding(op, o.padding, sh, ih, kh, oh)
+    pw = _padding(op, o.padding, sw, iw, kw, ow)
+    act = _fused(op, o.fusedActivationFunction)
+    amin, amax = fp.activation_range(act, out.scale, out.zero_point)
+    bias = _bias(graph, op, 2, oc)
+    mults = _Multipliers(_conv_multipliers(inp, scales, out, rounding), "oc")
+    in_off, out_zp = -inp.zero_point, out.zero_point
+    weights = w.data.astype(np.int64)
+    # Folding input_offset * sum(weights) into the bias is exact in integer arithmetic
+    # for windows that are not clipped by the padding; clipped ones keep the offset.
+    bias_full = [fp.wrap32(int(bias[c]) + in_off * int(weights[c].sum())) for c in range(oc)]
+    partial = _windows(oh, sh, ph, kh, ih) or _windows(ow, sw, pw, kw, iw)
+    contiguous = kw == iw  # a full window is then one contiguous run of kh*kw*ic bytes
+
+    def emit(fn: str) -> CFunction:
+        data = c_array("int8_t", f"{fn}_weights", weights.reshape(-1), 16)
+        data += c_array("int32_t", f"{fn}_bias_full", bias_full, 8)
+        nbytes = weights.size + 4 * oc
+        bias_ref = "0"  # clipped windows start from the plain bias
+        if partial and bias.any():
+            data += c_array("int32_t", f"{fn}_bias", bias, 8)
+            nbytes += 4 * oc
+            bias_ref = f"{fn}_bias[oc]"
+        mdata, mbytes = mults.data(fn)
+        data += mdata
+        mult, shift = mults.refs(fn)
+        if contiguous:
+            full = (
+                f"const int8_t *const x = in + (iy0 * {iw} + ix0) * {ic};\n"
+                f"acc = {fn}_bias_full[oc];\n"
+                + _dot(kh * kw * ic, "acc", "w", "x")
+            )
+        else:
+            full = (
+                f"acc = {fn}_bias_full[oc];\n"
+                f"for (int ky = 0; ky < {kh}; ++ky) {{\n"
+                f"  const int8_t *const x = in + ((iy0 + ky) * {iw} + ix0) * {ic};\n"
+                f"  const int8_t *const wr = w + ky * {kw * ic};\n"
+                + _indent(_dot(kw * ic, "acc", "wr", "x"), 2)
+                + "}\n"
+            )
+        if partial:
+            clipped = (
+                f"acc = {bias_ref};\n"
+                f"for (int ky = ky0; ky < ky1; ++ky) {{\n"
+                f"  const int8_t *const x = in + ((iy0 + ky) * {iw} + ix0 + kx0) * {ic};\n"
+                f"  const int8_t *const wr = w + (ky * {kw} + kx0) * {ic};\n"
+                f"  for (int j = 0; j < (kx1 - kx0) * {ic}; ++j)\n"
+                f"    acc += (int32_t)wr[j] * (x[j]{_plus(in_off)});\n"
+                f"}}\n"
+            )
+            body = (
+                "if (full) {\n" + _indent(full, 2) + "} else {\n" + _indent(clipped, 2) + "}\n"
+            )
+            window = (
+                f"const int ky0 = iy0 < 0 ? -iy0 : 0;\n"
+                f"const int ky1 = {ih} - iy0 < {kh} ? {ih} - iy0 : {kh};\n"
+            )
+            window_x = (
+                f"const int kx0 = ix0 < 0 ? -ix0 : 0;\n"
+                f"const int kx1 = {iw} - ix0 < {kw} ? {iw} - ix0 : {kw};\n"
+                f"const int full = ky0 == 0 && ky1 == {kh} && kx0 == 0 && kx1 == {kw};\n"
+            )
+        else:
+            body, window, window_x = full, "", ""
+        func = (
+            f"/* CONV_2D (op #{op.index}): {inp.describe()} -> {out.describe()}, filter {_shape(w)}, "
+            f"stride {sh}x{sw}, padding {ph}x{pw}, {_ACTIVATIONS[act]} [{amin}, {amax}] */\n"
+            f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
+            f"  for (int oy = 0; oy < {oh}; ++oy) {{\n"
+            f"    const int iy0 = oy * {sh}{_plus(-ph)};\n"
+            + _indent(window, 4)
+            + f"    for (int ox = 0; ox < {ow}; ++ox) {{\n"
+            f"      const int ix0 = ox * {sw}{_plus(-pw)};\n"
+            + _indent(window_x, 6)
+            + f"      int8_t *const o = out + (oy * {ow} + ox) * {oc};\n"
+            f"      for (int oc = 0; oc < {oc}; ++oc) {{\n"
+            f"        const int8_t *const w = {fn}_weights + oc * {kh * kw * ic};\n"
+            f"        int32_t acc;\n"
+            + _indent(body + _requant_lines(mult, shift, out_zp, amin, amax), 8)
+            + "        o[oc] = (int8_t)acc;\n"
+            "      }\n    }\n  }\n}\n"
+        )
+        return CFunction(data, func, nbytes + mbytes)
+
+    macs = oh * ow * oc * kh * kw * ic
+    return Step(op, "compute", (inp.index,), out.index, emit, {"macs": macs})
+
+
+# --- DEPTHWISE_CONV_2D ------------------------------------------------------------------
+
+
+def lower_depthwise_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
+    o = _options(op)
+    inp, out = _input(graph, op), _output(graph, op)
+    w, scales = _weights(graph, op, 1, 3)
+    ih, iw, ic = _nhwc(op, inp, "input")
+    oh, ow, oc = _nhwc(op, out, "output")
+    if len(w.shape) != 4 or w.shape[0] != 1:
+        raise op.error(f"depthwise filter must be 1xHxWxC, got {w.describe()}")
+    _, kh, kw, woc = w.shape
+    mult_depth = o.depthMultiplier
+    if woc != oc or oc != ic * mult_depth:
+        raise op.error(
+            f"channels do not match: input {ic} x depth multiplier {mult_depth}, filter {woc}, output {oc}"
+        )
+    if o.dilationHFactor != 1 or o.dilationWFactor != 1:
+        raise op.error(f"dilation {o.dilationHFactor}x{o.dilationWFactor} is not supported (only 1)")
+    sh, sw = o.strideH, o.strideW
+    ph = _padding(op, o.padding, sh, ih, kh, oh)
+    pw = _padding(op, o.padding, sw, iw, kw, ow)
+    act = _fused(op, o.fusedActivationFunction)
+    amin, amax = fp.activation_range(act, out.scale, out.zero_point)
+    bias = _bias(graph, op, 2, oc)
+    mults = _Multipliers(_conv_multipliers(inp, scales, out, rounding), "c")
+    in_off, out_zp = -inp.zero_point, out.zero_point
+    weights = w.data.astype(np.int64).reshape(kh * kw, oc)
+    bias_full = [fp.wrap32(int(bias[c]) + in_off * int(weights[:, c].sum())) for c in range(oc)]
+    partial = _windows(oh, sh, ph, kh, ih) or _windows(ow, sw, pw, kw, iw)
+    xc = "x[c]" if mult_depth == 1 else f"x[c / {mult_depth}]"
+
+    def emit(fn: str) -> CFunction:
+        data = c_array("int8_t", f"{fn}_weights", weights.reshape(-1), 16)
+        data += c_array("int32_t", f"{fn}_bias_full", bias_full, 8)
+        nbytes = weights.size + 4 * oc
+        bias_ref = "0"  # clipped windows start from the plain bias
+        if partial and bias.any():
+            data += c_array("int32_t", f"{fn}_bias", bias, 8)
+            nbytes += 4 * oc
+            bias_ref = f"{fn}_bias[c]"
+        mdata, mbytes = mults.data(fn)
+        data += mdata
+        mult, shift = mults.refs(fn)
+        full = (
+            f"for (int c = 0; c < {oc}; ++c) acc[c] = {fn}_bias_full[c];\n"
+            f"for (int ky = 0; ky < {kh}; ++ky) {{\n"
+            f"  for (int kx = 0; kx < {kw}; ++kx) {{\n"
+            f"    const int8_t *const x = in + ((iy0 + ky) * {iw} + ix0 + kx) * {ic};\n"
+            f"    const int8_t *const w = {fn}_weights + (ky * {kw} + kx) * {oc};\n"
+            f"    for (int c = 0; c < {oc}; ++c) acc[c] += (int32_t)w[c] * {xc};\n"
+            f"  }}\n}}\n"
+        )
+        if partial:
+            clipped = (
+                f"for (int c = 0; c < {oc}; ++c) acc[c] = {bias_ref};\n"
+                f"for (int ky = ky0; ky < ky1; ++ky) {{\n"
+                f"  for (int kx = kx0; kx < kx1; ++kx) {{\n"
+                f"    const int8_t *const x = in + ((iy0 + ky) * {iw} + ix0 + kx) * {ic};\n"
+                f"    const int8_t *const w = {fn}_weights + (ky * {kw} + kx) * {oc};\n"
+                f"    for (int c = 0; c < {oc}; ++c) acc[c] += (int32_t)w[c] * ({xc}{_plus(in_off)});\n"
+                f"  }}\n}}\n"
+            )
+            body = "if (full) {\n" + _indent(full, 2) + "} else {\n" + _indent(clipped, 2) + "}\n"
+            window = (
+                f"const int ky0 = iy0 < 0 ? -iy0 : 0;\n"
+                f"const int ky1 = {ih} - iy0 < {kh} ? {ih} - iy0 : {kh};\n"
+            )
+            window_x = (
+                f"const int kx0 = ix0 < 0 ? -ix0 : 0;\n"
+                f"const int kx1 = {iw} - ix0 < {kw} ? {iw} - ix0 : {kw};\n"
+                f"const int full = ky0 == 0 && ky1 == {kh} && kx0 == 0 && kx1 == {kw};\n"
+            )
+        else:
+            body, window, window_x = full, "", ""
+        func = (
+            f"/* DEPTHWISE_CONV_2D (op #{op.index}): {inp.describe()} -> {out.describe()}, "
+            f"filter {_shape(w)}, multiplier {mult_depth}, stride {sh}x{sw}, padding {ph}x{pw}, "
+            f"{_ACTIVATIONS[act]} [{amin}, {amax}] */\n"
+            f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
+            f"  int32_t acc[{oc}];\n"
+            f"  for (int oy = 0; oy < {oh}; ++oy) {{\n"
+            f"    const int iy0 = oy * {sh}{_plus(-ph)};\n"
+            + _indent(window, 4)
+            + f"    for (int ox = 0; ox < {ow}; ++ox) {{\n"
+            f"      const int ix0 = ox * {sw}{_plus(-pw)};\n"
+            + _indent(window_x, 6)
+            + f"      int8_t *const o = out + (oy * {ow} + ox) * {oc};\n"
+            + _indent(body, 6)
+            + f"      for (int c = 0; c < {oc}; ++c) {{\n"
+            f"        int32_t v = acc[c];\n"
+            + _indent(_requant_lines(mult, shift, out_zp, amin, amax, "v"), 8)
+            + "        o[c] = (int8_t)v;\n"
+            "      }\n    }\n  }\n}\n"
+        )
+        return CFunction(data, func, nbytes + mbytes)
+
+    return Step(op, "compute", (inp.index,), out.index, emit, {"macs": oh * ow * oc * kh * kw})
+
+
+# --- FULLY_CONNECTED --------------------------------------------------------------------
+
+
+def lower_fully_connected(graph: Graph, op: Op, rounding: str) -> Step:
+    o = _options(op)
+    inp, out = _input(graph, op), _output(graph, op)
+    w, scales = _weights(graph, op, 1, 0)
+    if len(w.shape) != 2:
+        raise op.error(f"weights must be 2-D, got {w.describe()}")
+    if o.weightsFormat != 0:
+        raise op.error(f"weights format {o.weightsFormat} is not supported (only DEFAULT)")
+    n, k = w.shape
+    if not out.shape or out.shape[-1] != n:
+        raise op.error(f"output {out.describe()} does not end in {n} units")
+    batches = out.size // n
+    if inp.size != batches * k:
+        raise op.error(f"input {inp.describe()} is not {batches} rows of {k}")
+    act = _fused(op, o.fusedActivationFunction)
+    amin, amax = fp.activation_range(act, out.scale, out.zero_point)
+    bias = _bias(graph, op, 2, n)
+    if len(w.scales) == 1:
+        # GetQuantizedConvolutionMultipler multiplies the two float32 scales in float.
+        product = float(np.float32(inp.scale) * np.float32(w.scales[0]))
+        pairs = [fp.quantize_multiplier(product / out.scale, rounding)] * n
+    else:  # per-channel: as the convolutions, in double
+        pairs = _conv_multipliers(inp, scales, out, rounding)
+    mults = _Multipliers(pairs, "o")
+    in_off, out_zp = -inp.zero_point, out.zero_point
+    weights = w.data.astype(np.int64)
+    bias_full = [fp.wrap32(int(bias[c]) + in_off * int(weights[c].sum())) for c in range(n)]
+
+    def emit(fn: str) -> CFunction:
+        data = c_array("int8_t", f"{fn}_weights", weights.reshape(-1), 16)
+        data += c_array("int32_t", f"{fn}_bias_full", bias_full, 8)
+        mdata, mbytes = mults.data(fn)
+        data += mdata
+        mult, shift = mults.refs(fn)
+        func = (
+            f"/* FULLY_CONNECTED (op #{op.index}): {inp.describe()} -> {out.describe()}, "
+            f"weights {_shape(w)} {'per-channel' if len(w.scales) > 1 else 'per-tensor'}, "
+            f"{_ACTIVATIONS[act]} [{amin}, {amax}] */\n"
+            f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
+            f"  for (int b = 0; b < {batches}; ++b) {{\n"
+            f"    const int8_t *const x = in + b * {k};\n"
+            f"    for (int o = 0; o < {n}; ++o) {{\n"
+            f"      const int8_t *const w = {fn}_weights + o * {k};\n"
+            f"      int32_t acc = {fn}_bias_full[o];\n"
+            + _indent(_dot(k, "acc", "w", "x"), 6)
+            + _indent(_requant_lines(mult, shift, out_zp, amin, amax), 6)
+            + f"      out[b * {n} + o] = (int8_t)acc;\n"
+            "    }\n  }\n}\n"
+        )
+        return CFunction(data, func, weights.size + 4 * n + mbytes)
+
+    return Step(op, "compute", (inp.index,), out.index, emit, {"macs": batches * n * k})
+
+
+# --- MEAN -------------------------------------------------------------------------------
+
+
+def lower_mean(graph: Graph, op: Op, rounding: str) -> Step:
+    o = _options(op)
+    inp, out = _input(graph, op), _output(graph, op)
+    axis_t = _tensor(graph, op, 1, "axis")
+    if not axis_t.is_const or axis_t.dtype != "int32":
+        raise op.error("axis must be a constant int32 tensor")
+    rank = len(inp.shape)
+    axes = []
+    for a in axis_t.data.reshape(-1).tolist():
+        a = a + rank if a < 0 else a
+        if not 0 <= a < rank:
+            raise op.error(f"axis {a} out of range for {inp.describe()}")
+        if a not in axes:
+            axes.append(a)
+    kept = [d for d in range(rank) if d not in axes]
+    expected = [1 if d in axes else inp.shape[d] for d in range(rank)] if o.keepDims else [
+        inp.shape[d] for d in kept
+    ]
+    if int(np.prod(expected, dtype=np.int64)) != out.size:
+        raise op.error(f"output {out.describe()} does not match reducing {inp.describe()} over {axes}")
+    count = int(np.prod([inp.shape[a] for a in axes], dtype=np.int64)) if axes else 1
+    # PrepareMeanOrSumHelper + QuantizedMeanOrSum: the 1/count factor is folded into
+    # the multiplier using shift = floor(log2(count)), clamped as TFLM does.
+    mult, shift = fp.quantize_multiplier(inp.scale / out.scale, rounding)
+    extra = min(count.bit_length() - 1, 32, 31 + shift)
+    mult = (mult << extra) // count
+    shift -= extra
+    in_zp, out_zp = inp.zero_point, out.zero_point
+    strides = [int(np.prod(inp.shape[d + 1 :], dtype=np.int64)) for d in range(rank)]
+    outer = [(inp.shape[d], strides[d]) for d in kept if inp.shape[d] > 1]
+    inner = [(inp.shape[d], strides[d]) for d in axes if inp.shape[d] > 1]
+
+    def emit(fn: str) -> CFunction:
+        lines = ["int8_t *o = out;\n"]
+        depth = 0
+        for i, (size, _) in enumerate(outer):
+            lines.append("  " * depth + f"for (int k{i} = 0; k{i} < {size}; ++k{i}) {{\n")
+            depth += 1
+        base = _index([(f"k{i}", stride) for i, (_, stride) in enumerate(outer)])
+        lines.append("  " * depth + f"const int8_t *const x = in + {base};\n")
+        lines.append("  " * depth + "int32_t sum = 0;\n")
+        inner_depth = depth
+        for i, (size, _) in enumerate(inner):
+            lines.append("  " * inner_depth + f"for (int r{i} = 0; r{i} < {size}; ++r{i}) {{\n")
+            inner_depth += 1
+        idx = _index([(f"r{i}", stride) for i, (_, stride) in enumerate(inner)])
+        lines.append("  " * inner_depth + f"sum += x[{idx}];\n")
+        for _ in inner:
+            inner_depth -= 1
+            lines.append("  " * inner_depth + "}\n")
+        pad = "  " * depth
+        lines.append(pad + f"int32_t acc = sum{_plus(-in_zp * count)};\n")
+        lines.append(_indent(_requant_lines(c_int(mult), c_int(shift), out_zp, -128, 127), 2 * depth))
+        lines.append(pad + "*o++ = (int8_t)acc;\n")
+        for _ in outer:
+            depth -= 1
+            lines.append("  " * depth + "}\n")
+        func = (
+            f"/* MEAN (op #{op.index}): {inp.describe()} -> {out.describe()} over axes "
+            f"{axes}, {count} values each */\n"
+            f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
+            + _indent("".join(lines), 2)
+            + "}\n"
+        )
+        return CFunction("", func, 0)
+
+    return Step(op, "compute", (inp.index,), out.index, emit)
+
+
+# --- AVERAGE_POOL_2D / MAX_POOL_2D ------------------------------------------------------
+
+
+def _lower_pool(graph: Graph, op: Op, kind: str) -> Step:
+    o = _options(op)
+    inp, out = _input(graph, op), _output(graph, op)
+    ih, iw, c = _nhwc(op, inp, "input")
+    oh, ow, oc = _nhwc(op, out, "output")
+    if oc != c:
+        raise op.error(f"channels change from {c} to {oc}")
+    # PoolingPrepare requires the same quantization in and out.
+    scale_diff = float(abs(np.float32(inp.scale) - np.float32(out.scale)))  # float, as in C++
+    if scale_diff > 1.0e-6 or inp.zero_point != out.zero_point:
+        raise op.error("input and output quantization differ (TFLM rejects this)")
+    kh, kw, sh, sw = o.filterHeight, o.filterWidth, o.strideH, o.strideW
+    ph = _padding(op, o.padding, sh, ih, kh, oh)
+    pw = _padding(op, o.padding, sw, iw, kw, ow)
+    act = _fused(op, o.fusedActivationFunction)
+    amin, amax = fp.activation_range(act, out.scale, out.zero_point)
+    for oy in range(oh):
+        for ox in range(ow):
+            y0, x0 = oy * sh - ph, ox * sw - pw
+            if min(kh, ih - y0) <= max(0, -y0) or min(kw, iw - x0) <= max(0, -x0):
+                raise op.error("a pooling window lies entirely in the padding")
+
+    def emit(fn: str) -> CFunction:
+        if kind == "avg":
+            init = "acc[ch] = 0"
+            update = "acc[ch] += x[ch]"
+            finish = (
+                "const int n = (ky1 - ky0) * (kx1 - kx0);\n"
+                f"for (int ch = 0; ch < {c}; ++ch) {{\n"
+                "  /* round half away from zero, as TFLM's integer AveragePool */\n"
+                "  int32_t v = acc[ch] > 0 ? (acc[ch] + n / 2) / n : (acc[ch] - n / 2) / n;\n"
+                f"  if (v < {amin}) v = {amin};\n"
+                f"  if (v > {amax}) v = {amax};\n"
+                "  o[ch] = (int8_t)v;\n"
+                "}\n"
+            )
+            decl = f"int32_t acc[{c}];"
+        else:
+            init = "acc[ch] = -128"
+            update = "if (x[ch] > acc[ch]) acc[ch] = x[ch]"
+            # Clamps that cannot trigger on an int8 are left out (-Wtype-limits).
+            clamp = (f"  if (v < {amin}) v = {amin};\n" if amin > -128 else "") + (
+                f"  if (v > {amax}) v = {amax};\n" if amax < 127 else ""
+            )
+            finish = (
+                f"for (int ch = 0; ch < {c}; ++ch) {{\n"
+                "  int8_t v = acc[ch];\n" + clamp + "  o[ch] = v;\n"
+                "}\n"
+            )
+            decl = f"int8_t acc[{c}];"
+        func = (
+            f"/* {op.name} (op #{op.index}): {inp.describe()} -> {out.describe()}, window "
+            f"{kh}x{kw}, stride {sh}x{sw}, padding {ph}x{pw}, {_ACTIVATIONS[act]} [{amin}, {amax}] */\n"
+            f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
+            f"  {decl}\n"
+            f"  for (int oy = 0; oy < {oh}; ++oy) {{\n"
+            f"    const int iy0 = oy * {sh}{_plus(-ph)};\n"
+            f"    const int ky0 = iy0 < 0 ? -iy0 : 0;\n"
+            f"    const int ky1 = {ih} - iy0 < {kh} ? {ih} - iy0 : {kh};\n"
+            f"    for (int ox = 0; ox < {ow}; ++ox) {{\n"
+            f"      const int ix0 = ox * {sw}{_plus(-pw)};\n"
+            f"      const int kx0 = ix0 < 0 ? -ix0 : 0;\n"
+            f"      const int kx1 = {iw} - ix0 < {kw} ? {iw} - ix0 : {kw};\n"
+            f"      int8_t *const o = out + (oy * {ow} + ox) * {c};\n"
+            f"      for (int ch = 0; ch < {c}; ++ch) {init};\n"
+            f"      for (int ky = ky0; ky < ky1; ++ky) {{\n"
+            f"        for (int kx = kx0; kx < kx1; ++kx) {{\n"
+            f"          const int8_t *const x = in + ((iy0 + ky) * {iw} + ix0 + kx) * {c};\n"
+            f"          for (int ch = 0; ch < {c}; ++ch) {update};\n"
+            f"        }}\n      }}\n"
+            + _indent(finish, 6)
+            + "    }\n  }\n}\n"
+        )
+        return CFunction("", func, 0)
+
+    return Step(op, "compute", (inp.index,), out.index, emit)
+
+
+def lower_average_pool_2d(graph: Graph, op: Op, rounding: str) -> Step:
+    return _lower_pool(graph, op, "avg")
+
+
+def lower_max_pool_2d(graph: Graph, op: Op, rounding: str) -> Step:
+    return _lower_pool(graph, op, "max")
+
+
+# --- ADD --------------------------------------------------------------------------------
+
+
+def lower_add(graph: Graph, op: Op, rounding: str) -> Step:
+    o = _options(op)
+    a, b, out = _input(graph, op, 0), _input(graph, op, 1), _output(graph, op)
+    if a.shape != out.shape or b.shape != out.shape:
+        raise op.error(
+            f"broadcasting ({a.describe()} + {b.describe()} -> {out.describe()}) is not supported"
+        )
+    act = _fused(op, o.fusedActivationFunction)
+    amin, amax = fp.activation_range(act, out.scale, out.zero_point)
+    # CalculateOpDataAdd: both inputs rescaled to twice the larger scale, << 20.
+    left_shift = 20
+    twice_max = 2 * float(max(np.float32(a.scale), np.float32(b.scale)))
+    m1, s1 = fp.quantize_multiplier(a.scale / twice_max, rounding)
+    m2, s2 = fp.quantize_multiplier(b.scale / twice_max, rounding)
+    real_out = twice_max / ((1 << left_shift) * out.scale)
+    if not 0 < real_out < 1:
+        raise op.error(f"output rescale {real_out} is not in (0, 1)")
+    mo, so = fp.quantize_multiplier(real_out, rounding)
+    if s1 > 0 or s2 > 0 or so > 0:
+        raise op.error("rescale multipliers must be smaller than one")
+
+    scale_up = 1 << left_shift
+
+    def emit(fn: str) -> CFunction:
+        func = (
+            f"/* ADD (op #{op.index}): {a.describe()} + {b.describe()}, "
+            f"{_ACTIVATIONS[act]} [{amin}, {amax}] */\n"
+            f"static void {fn}(const int8_t *restrict in1, const int8_t *restrict in2, "
+            f"int8_t *restrict out) {{\n"
+            f"  for (int i = 0; i < {out.size}; ++i) {{\n"
+            f"    const int32_t x1 = aot_mbqm(((int32_t)in1[i]{_plus(-a.zero_point)}) * {scale_up}, "
+            f"{m1}, {s1});\n"
+            f"    const int32_t x2 = aot_mbqm(((int32_t)in2[i]{_plus(-b.zero_point)}) * {scale_up}, "
+            f"{m2}, {s2});\n"
+            f"    int32_t acc = x1 + x2;\n"
+            + _indent(_requant_lines(str(mo), str(so), out.zero_point, amin, amax), 4)
+            + "    out[i] = (int8_t)acc;\n"
+            "  }\n}\n"
+        )
+        return CFunction("", func, 0)
+
+    return Step(op, "compute", (a.index, b.index), out.index, emit)
+
+
+# --- CONCATENATION ----------------------------------------------------------------------
+
+
+def lower_concatenation(graph: Graph, op: Op, rounding: str) -> Step:
+    o = _options(op)
+    out = _output(graph, op)
+    if o.fusedActivationFunction != 0:
+        raise op.error("fused activation on CONCATENATION is not supported (TFLM rejects it)")
+    ins = [_input(graph, op, i) for i in range(len(op.inputs))]
+    rank = len(out.shape)
+    axis = o.axis + rank if o.axis < 0 else o.axis
+    if not 0 <= axis < rank:
+        raise op.error(f"axis {o.axis} out of range for {out.describe()}")
+    for t in ins:
+        # TFLM's ConcatenationPrepare requires identical int8 quantization: it does
+        # not requantize. The converter inserts QUANTIZE ops where scales differ.
+        if t.scale != out.scale or t.zero_point != out.zero_point:
+            raise op.error(
+                f"input {t.name!r} quantization ({t.scale}, {t.zero_point}) differs from the "
+                f"output's ({out.scale}, {out.zero_point}); TFLM rejects this"
+            )
+        if len(t.shape) != rank or any(
+            t.shape[d] != out.shape[d] for d in range(rank) if d != axis
+        ):
+            raise op.error(f"input {t.describe()} does not fit output {out.describe()}")
+    if sum(t.shape[axis] for t in ins) != out.shape[axis]:
+        raise op.error("input sizes along the axis do not add up to the output's")
+    outer = int(np.prod(out.shape[:axis], dtype=np.int64))
+    chunks = [int(np.prod(t.shape[axis:], dtype=np.int64)) for t in ins]
+    total = sum(chunks)
+
+    def emit(fn: str) -> CFunction:
+        params = ", ".join(f"const int8_t *restrict in{i}" for i in range(len(ins)))
+        copies = ""
+        offset = 0
+        for i, n in enumerate(chunks):
+            copies += f"    memcpy(out + i * {total} + {offset}, in{i} + i * {n}, {n});\n"
+            offset += n
+        func = (
+            f"/* CONCATENATION (op #{op.index}): {len(ins)} inputs -> {out.describe()} "
+            f"along axis {axis} */\n"
+            f"static void {fn}({params}, int8_t *restrict out) {{\n"
+            f"  for (int i = 0; i < {outer}; ++i) {{\n" + copies + "  }\n}\n"
+        )
+        return CFunction("", func, 0)
+
+    return Step(op, "compute", tuple(t.index for t in ins), out.index, emit)
+
+
+# --- LOGISTIC / QUANTIZE: 256-entry tables ----------------------------------------------
+
+
+def _table_step(op: Op, inp: Tensor, out: Tensor, table: list[int], what: str) -> Step:
+    def emit(fn: str) -> CFunction:
+        data = c_array("int8_t", f"{fn}_table", table, 16)
+        func = (
+            f"/* {op.name} (op #{op.index}): {inp.describe()} -> {out.describe()}; {what} */\n"
+            f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
+            f"  for (int i = 0; i < {out.size}; ++i) out[i] = {fn}_table[in[i] + 128];\n"
+            "}\n"
+        )
+        return CFunction(data, func, 256)
+
+    return Step(op, "compute", (inp.index,), out.index, emit)
+
+
+def lower_logistic(graph: Graph, op: Op, rounding: str) -> Step:
+    inp, out = _input(graph, op), _output(graph, op)
+    if inp.size != out.size:
+        raise op.error("input and output sizes differ")
+    if out.zero_point != -128:
+        raise op.error(f"output zero point must be -128 (TFLM), got {out.zero_point}")
+    try:
+        table = fp.logistic_table(inp.scale, inp.zero_point, rounding)
+    except ValueError as exc:
+        raise op.error(str(exc)) from None
+    # Every int8 input maps to one output, so TFLM's fixed-point evaluation
+    # (gemmlowp::logistic in Q4.27) is run here, once per input value.
+    return _table_step(op, inp, out, table, "table of TFLM's fixed-point logistic")
+
+
+def lower_quantize(graph: Graph, op: Op, rounding: str) -> Step:
+    src = _tensor(graph, op, 0, "input")
+    if src.dtype != "int8":
+        raise op.error(
+            f"QUANTIZE from {src.dtype} is not supported: the generated runtime has int8 "
+            "input and output only (convert with inference_input_type=tf.int8)"
+        )
+    inp, out = _input(graph, op), _output(graph, op)
+    if inp.size != out.size:
+        raise op.error("input and output sizes differ")
+    table = fp.requantize_table(inp.scale, inp.zero_point, out.scale, out.zero_point, rounding)
+    return _table_step(op, inp, out, table, "int8 requantization table")
+
+
+# --- RESHAPE / EXPAND_DIMS / SQUEEZE ----------------------------------------------------
+
+
+def lower_reshape(graph: Graph, op: Op, rounding: str) -> Step:
+    inp, out = _input(graph, op), _output(graph, op)
+    if inp.size != out.size:
+        raise op.error(f"{inp.describe()} and {out.describe()} differ in size")
+    return Step(op, "alias", (inp.index,), out.index)
+
+
+LOWERINGS: dict[str, Callable[[Graph, Op, str], Step]] = {
+    "CONV_2D": lower_conv_2d,
+    "DEPTHWISE_CONV_2D": lower_depthwise_conv_2d,
+    "FULLY_CONNECTED": lower_fully_connected,
+    "MEAN": lower_mean,
+    "AVERAGE_POOL_2D": lower_average_pool_2d,
+    "MAX_POOL_2D": lower_max_pool_2d,
+    "ADD": lower_add,
+    "CONCATENATION": lower_concatenation,
+    "LOGISTIC": lower_logistic,
+    "QUANTIZE": lower_quantize,
+    "RESHAPE": lower_reshape,
+    "EXPAND_DIMS": lower_reshape,
+    "SQUEEZE": lower_reshape,
+}
+"""Supported builtin ops and their lowerings."""
+
+
+def lower(graph: Graph, op: Op, rounding: str) -> Step:
+    try:
+        lowering = LOWERINGS[op.name]
+    except KeyError:
+        raise op.error(
+            f"op is not supported by the AOT generator (supported: {', '.join(sorted(LOWERINGS))})"
+        ) from None
+    return lowering(graph, op, rounding)

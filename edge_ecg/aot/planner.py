@@ -1,0 +1,169 @@
+"""Static memory plan: every intermediate tensor gets a fixed offset in one buffer.
+
+Tensors joined by RESHAPE-like ops share storage (they are the same bytes), forming
+one *allocation*. An allocation holding the model input or output lives in the
+caller's buffers instead of the arena. The others are live from the step that first
+touches them to the step that last reads them (inclusive: kernels never run in
+place), and are packed greedily, largest first, each at the lowest aligned offset
+that does not overlap an allocation whose lifetime intersects its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from edge_ecg.aot.graph import Graph
+from edge_ecg.aot.kernels import Step
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One block of the arena (or a caller buffer) and the tensors stored in it."""
+
+    tensors: tuple[int, ...]  # tensor indices sharing these bytes
+    names: tuple[str, ...]
+    size: int
+    first: int  # first step (op position) touching it
+    last: int  # last step reading it
+    offset: int  # byte offset in the arena; -1 when bound to a caller buffer
+    binding: str = "arena"  # "arena", "input" or "output"
+
+    def overlaps_in_time(self, other: Allocation) -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+    def overlaps_in_memory(self, other: Allocation) -> bool:
+        return self.offset < other.offset + other.size and other.offset < self.offset + self.size
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    allocations: tuple[Allocation, ...]  # arena allocations first, by offset
+    arena_bytes: int  # size of the activation buffer
+    naive_bytes: int  # sum of the arena allocations' sizes (no reuse)
+    alignment: int
+    copies: frozenset[int]  # steps whose alias had to become a copy (input -> output)
+
+    @property
+    def arena(self) -> tuple[Allocation, ...]:
+        return tuple(a for a in self.allocations if a.binding == "arena")
+
+    def location(self, tensor: int) -> Allocation:
+        for a in self.allocations:
+            if tensor in a.tensors:
+                return a
+        raise KeyError(tensor)
+
+
+def _align(x: int, alignment: int) -> int:
+    return (x + alignment - 1) // alignment * alignment
+
+
+def pack(
+    requests: Sequence[tuple[Hashable, int, int, int]], alignment: int = 16
+) -> tuple[dict[Hashable, int], int]:
+    """Offsets for ``(key, size, first, last)`` requests: largest first, first fit.
+
+    Two requests whose [first, last] intervals intersect never overlap in memory.
+    Returns ``({key: offset}, total_bytes)``; deterministic for a given input.
+    """
+    if alignment < 1:
+        raise ValueError("alignment must be positive")
+    order = sorted(requests, key=lambda r: (-r[1], r[2], r[3], str(r[0])))
+    placed: list[tuple[int, int, int, int]] = []  # offset, size, first, last
+    offsets: dict[Hashable, int] = {}
+    total = 0
+    for key, size, first, last in order:
+        busy = sorted((o, s) for o, s, f, l in placed if f <= last and first <= l)
+        offset = 0
+        for o, s in busy:
+            if offset + size <= o:
+                break
+            offset = max(offset, _align(o + s, alignment))
+        placed.append((offset, size, first, last))
+        offsets[key] = offset
+        total = max(total, offset + size)
+    return offsets, total
+
+
+def plan(graph: Graph, steps: Sequence[Step], alignment: int = 16) -> MemoryPlan:
+    """The memory plan for lowered ``steps`` of ``graph`` (one input, one output)."""
+    (graph_in,) = graph.inputs
+    (graph_out,) = graph.outputs
+    parent = {t.index: t.index for t in graph.tensors}
+
+    def find(t: int) -> int:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    def group_has(root: int, tensor: int) -> bool:
+        return find(tensor) == root
+
+    copies = set()
+    for s, step in enumerate(steps):
+        if step.kind != "alias":
+            continue
+        a, b = find(step.inputs[0]), find(step.output)
+        io_a = {x for x in (graph_in, graph_out) if group_has(a, x)}
+        io_b = {x for x in (graph_in, graph_out) if group_has(b, x)}
+        if io_a and io_b:
+            copies.add(s)  # joining would make the input and output one buffer: copy
+        else:
+            parent[b] = a
+
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for s, step in enumerate(steps):
+        for t in (*step.inputs, step.output):
+            r = find(t)
+            first[r] = min(first.get(r, s), s)
+            last[r] = max(last.get(r, s), s)
+
+    members: dict[int, list[int]] = {}
+    for t in sorted(_touched(steps)):
+        members.setdefault(find(t), []).append(t)
+
+    allocations = []
+    requests = []
+    for root, tensors in members.items():
+        size = graph.tensors[root].size
+        binding = "arena"
+        if group_has(root, graph_in):
+            binding = "input"
+        elif group_has(root, graph_out):
+            binding = "output"
+        if binding == "arena":
+            requests.append((root, size, first[root], last[root]))
+        allocations.append((root, tuple(sorted(tensors)), size, binding))
+
+    offsets, total = pack(requests, alignment)
+    result = [
+        Allocation(
+            tensors,
+            tuple(graph.tensors[t].name for t in tensors),
+            size,
+            first[root],
+            last[root],
+            offsets.get(root, -1),
+            binding,
+        )
+        for root, tensors, size, binding in allocations
+    ]
+    result.sort(key=lambda a: (a.binding != "arena", a.offset, a.tensors))
+    return MemoryPlan(
+        tuple(result),
+        total,
+        sum(a.size for a in result if a.binding == "arena"),
+        alignment,
+        frozenset(copies),
+    )
+
+
+def _touched(steps: Sequence[Step]) -> set[int]:
+    out = set()
+    for step in steps:
+        out.update(step.inputs)
+        out.add(step.output)
+    return out

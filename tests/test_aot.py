@@ -1,0 +1,586 @@
+"""AOT C generator: bit-exact against the real TFLite Micro interpreter.
+
+Random small architectures (and the project's dscnn at full size) are converted to
+int8 with TensorFlow, turned into C by :mod:`edge_ecg.aot`, compiled with
+``-Werror`` and run through ctypes; every output byte must equal ``tflite_micro``'s.
+Also: the memory plan never overlaps live tensors, unsupported models raise
+AotError, and generation is deterministic.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from functools import cache
+
+import numpy as np
+import pytest
+
+from edge_ecg.aot import (
+    SUPPORTED_OPS,
+    AotError,
+    AotModel,
+    build_shared_library,
+    generate,
+    memory_plan,
+    pack,
+)
+from edge_ecg.aot.graph import parse, schema
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+NUM_RANDOM_MODELS = 30
+INPUTS_PER_MODEL = 4
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def to_int8_tflite(model, representative: np.ndarray) -> bytes:
+    """The project's export conversion (full int8, int8 I/O, batch fixed at 1)."""
+    from edge_ecg.export import to_int8_tflite as export_int8
+
+    return export_int8(model, representative)
+
+
+def convert_directly(model, representative: np.ndarray, *, int8_io: bool = True) -> bytes:
+    """The same full-int8 conversion done here, for models the export stage rejects by
+    design (outputs other than (1, classes), float input and output)."""
+    from edge_ecg.tf import tf
+
+    shape = [1, *representative.shape[1:]]
+    fn = tf.function(lambda x: model(x, training=False))
+    cf = fn.get_concrete_function(tf.TensorSpec(shape, tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([cf], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def rep():
+        for sample in representative:
+            yield [sample[None].astype(np.float32)]
+
+    converter.representative_dataset = rep
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+class Tflm:
+    """The real TFLite Micro interpreter on one model."""
+
+    def __init__(self, model_bytes: bytes):
+        from tflite_micro.python.tflite_micro import runtime
+
+        self._interp = runtime.Interpreter.from_bytes(model_bytes, arena_size=4 << 20)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self._interp.set_input(x, 0)
+        self._interp.invoke()
+        return np.array(self._interp.get_output(0))
+
+
+def compile_model(model_bytes: bytes, tmp_path, name: str = "m") -> tuple[AotModel, dict]:
+    src = tmp_path / f"{name}_src"
+    report = generate(model_bytes, src)
+    return AotModel(build_shared_library(src, tmp_path / f"lib{name}.so")), report
+
+
+def op_names(model_bytes: bytes) -> list[str]:
+    return [op.name for op in parse(model_bytes).ops]
+
+
+def assert_bit_exact(model_bytes: bytes, aot: AotModel, inputs, label: str = "") -> None:
+    tflm = Tflm(model_bytes)
+    for i, x in enumerate(inputs):
+        expected, got = tflm(x), aot.invoke(x)
+        assert got.shape == expected.shape
+        if not np.array_equal(got, expected):
+            diff = np.flatnonzero(got.reshape(-1) != expected.reshape(-1))
+            pytest.fail(
+                f"{label} input {i}: {diff.size} of {got.size} bytes differ, first at {diff[0]}: "
+                f"aot {got.reshape(-1)[diff[:8]]} vs tflm {expected.reshape(-1)[diff[:8]]}; "
+                f"ops {op_names(model_bytes)}"
+            )
+
+
+def random_int8_inputs(rng, shape, n):
+    return [rng.integers(-128, 128, size=shape, dtype=np.int8) for _ in range(n)]
+
+
+# --- random architectures ---------------------------------------------------------------
+
+
+def random_model(seed: int):
+    """A small random tf_keras model over (T, C) records, and its (T, C)."""
+    from edge_ecg.tf import keras
+
+    L = keras.layers
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    steps = int(rng.integers(64, 201))
+    leads = int(rng.integers(1, 7))
+    two_d = bool(rng.random() < 0.5)  # dscnn style (T, 1, C) vs Conv1D style
+    inputs = keras.Input((steps, leads))
+    x = L.Reshape((steps, 1, leads))(inputs) if two_d else inputs
+
+    def length(t):
+        return t.shape[1]
+
+    def pick(options):
+        return options[int(rng.integers(len(options)))]
+
+    def conv(t, filters, kernel, stride, padding, activation):
+        if padding == "valid" and length(t) < kernel:
+            padding = "same"
+        use_bias = bool(rng.random() < 0.7)
+        if two_d:
+            t = L.Conv2D(filters, (kernel, 1), strides=(stride, 1), padding=padding, use_bias=use_bias)(t)
+        else:
+            t = L.Conv1D(filters, kernel, strides=stride, padding=padding, use_bias=use_bias)(t)
+        if rng.random() < 0.4:
+            t = L.BatchNormalization()(t)
+        return act(t, activation)
+
+    def act(t, activation):
+        if activation == "relu":
+            return L.ReLU()(t)
+        if activation == "relu6":
+            return L.ReLU(max_value=6.0)(t)
+        return t
+
+    def depthwise(t, kernel, stride, padding, multiplier, activation):
+        if padding == "valid" and length(t) < kernel:
+            padding = "same"
+        if two_d:
+            t = L.DepthwiseConv2D((kernel, 1), strides=(stride, 1), padding=padding, depth_multiplier=multiplier)(t)
+        else:
+            t = L.DepthwiseConv1D(kernel, strides=stride, padding=padding, depth_multiplier=multiplier)(t)
+        return act(t, activation)
+
+    def pool(t, kind, size, stride, padding):
+        if padding == "valid" and length(t) < size:
+            padding = "same"
+        if two_d:
+            layer = L.MaxPooling2D if kind == "max" else L.AveragePooling2D
+            return layer((size, 1), strides=(stride, 1), padding=padding)(t)
+        layer = L.MaxPooling1D if kind == "max" else L.AveragePooling1D
+        return layer(size, strides=stride, padding=padding)(t)
+
+    activations = ["relu", "relu6", "none"]
+    for _ in range(int(rng.integers(2, 6))):
+        kind = pick(["conv", "conv", "depthwise", "pool", "residual", "concat", "sigmoid"])
+        channels = x.shape[-1]
+        if kind == "conv":
+            x = conv(x, int(rng.integers(2, 13)), int(rng.integers(1, 8)), int(rng.integers(1, 4)),
+                     pick(["same", "valid"]), pick(activations))
+        elif kind == "depthwise":
+            x = depthwise(x, int(rng.integers(1, 8)), int(rng.integers(1, 3)), pick(["same", "valid"]),
+                          pick([1, 1, 2]), pick(activations))
+        elif kind == "pool" and length(x) >= 4:
+            size = int(rng.integers(2, 4))
+            x = pool(x, pick(["max", "avg"]), size, pick([1, 2, size]), pick(["same", "valid"]))
+        elif kind == "residual":
+            y = conv(x, channels, pick([1, 3, 5]), 1, "same", pick(activations))
+            x = L.Add()([x, y])
+            if rng.random() < 0.5:
+                x = act(x, pick(["relu", "relu6"]))
+        elif kind == "concat":
+            a = conv(x, int(rng.integers(2, 9)), pick([1, 3, 5]), 1, "same", pick(activations))
+            if rng.random() < 0.5:
+                b = pool(x, pick(["max", "avg"]), 3, 1, "same")
+            else:
+                b = conv(x, int(rng.integers(2, 9)), pick([1, 3]), 1, "same", pick(activations))
+            x = L.Concatenate()([a, b])
+        elif kind == "sigmoid":
+            x = L.Activation("sigmoid")(x)
+
+    head = pick(["gap", "gap", "gap_keepdims", "flatten"])
+    if head == "gap":
+        x = (L.GlobalAveragePooling2D() if two_d else L.GlobalAveragePooling1D())(x)
+    elif head == "gap_keepdims":
+        x = (L.GlobalAveragePooling2D(keepdims=True) if two_d else L.GlobalAveragePooling1D(keepdims=True))(x)
+        x = L.Flatten()(x)
+    else:
+        x = L.Flatten()(x)
+    if rng.random() < 0.5:
+        x = L.Dense(int(rng.integers(3, 17)), activation=pick(["relu", None]))(x)
+    x = L.Dense(int(rng.integers(2, 8)), activation=pick(["sigmoid", "sigmoid", None]))(x)
+    model = keras.Model(inputs, x)
+
+    # Non-trivial biases and batch-norm statistics (the initial ones are 0 and 1).
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, L.BatchNormalization):
+            gamma, beta, mean, var = weights
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.3, beta.shape),
+                rng.normal(0, 0.3, mean.shape), rng.uniform(0.5, 2.0, var.shape),
+            ])
+        elif len(weights) == 2:
+            layer.set_weights([weights[0], rng.normal(0, 0.2, weights[1].shape)])
+    return model, steps, leads
+
+
+@cache
+def random_case(seed: int) -> tuple[bytes, float]:
+    """The int8 model for ``seed`` and the spread of its calibration records."""
+    model, steps, leads = random_model(seed)
+    rng = np.random.default_rng(1000 + seed)
+    sigma = float(rng.uniform(0.5, 2.0))
+    representative = rng.normal(0, sigma, (6, steps, leads)).astype(np.float32)
+    return to_int8_tflite(model, representative), sigma
+
+
+def quantized_records(rng, report: dict, sigma: float, n: int) -> list[np.ndarray]:
+    """Fresh records like the calibration ones, quantized as the model input expects."""
+    shape, scale, zp = report["input"]["shape"], report["input"]["scale"], report["input"]["zero_point"]
+    records = rng.normal(0, sigma, (n, *shape))
+    return [np.clip(np.round(r / scale) + zp, -128, 127).astype(np.int8) for r in records]
+
+
+# --- (a) property test: random architectures --------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(NUM_RANDOM_MODELS))
+def test_random_architectures_are_bit_exact_with_tflite_micro(seed, tmp_path):
+    model_bytes, sigma = random_case(seed)
+    aot, report = compile_model(model_bytes, tmp_path)
+    assert aot.input_shape == tuple(report["input"]["shape"])
+    rng = np.random.default_rng(seed)
+    half = INPUTS_PER_MODEL // 2
+    inputs = quantized_records(rng, report, sigma, half) + random_int8_inputs(
+        rng, aot.input_shape, INPUTS_PER_MODEL - half
+    )
+    assert_bit_exact(model_bytes, aot, inputs, label=f"seed {seed}")
+    plan_is_valid(memory_plan(model_bytes))
+
+
+@pytest.mark.slow
+def test_random_architectures_cover_every_kernel():
+    seen = set()
+    for seed in range(NUM_RANDOM_MODELS):
+        seen.update(op_names(random_case(seed)[0]))
+    must = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN", "AVERAGE_POOL_2D",
+            "MAX_POOL_2D", "ADD", "CONCATENATION", "LOGISTIC", "RESHAPE"}
+    assert must <= seen, f"never generated: {sorted(must - seen)}"
+    assert seen <= set(SUPPORTED_OPS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])
+def test_logistic_matches_for_every_int8_input(scale, tmp_path):
+    """LOGISTIC is a 256-entry table of TFLM's fixed-point method: check all entries."""
+    from edge_ecg.tf import keras
+
+    inputs = keras.Input((256, 1))
+    model = keras.Model(inputs, keras.layers.Activation("sigmoid")(inputs))
+    rng = np.random.default_rng(7)
+    model_bytes = convert_directly(model, rng.normal(0, scale, (4, 256, 1)).astype(np.float32))
+    assert "LOGISTIC" in op_names(model_bytes)
+    aot, _ = compile_model(model_bytes, tmp_path)
+    every_value = np.arange(-128, 128, dtype=np.int8).reshape(1, 256, 1)
+    assert_bit_exact(model_bytes, aot, [every_value])
+
+
+def _two_dimensional_windows(L, inputs):
+    x = L.Reshape((12, 8, 3))(inputs)
+    x = L.Conv2D(5, (3, 3), strides=(2, 2), padding="same", activation="relu")(x)
+    x = L.DepthwiseConv2D((3, 2), padding="same", depth_multiplier=2)(x)
+    x = L.MaxPooling2D((2, 2), padding="same")(x)
+    x = L.AveragePooling2D((3, 3), strides=1, padding="same")(x)
+    x = L.Conv2D(4, (2, 1), padding="valid")(x)
+    return L.Dense(3)(L.GlobalAveragePooling2D()(x))
+
+
+def _dense_over_time(L, inputs):
+    x = L.Dense(5, activation="relu")(inputs)  # FULLY_CONNECTED with 96 rows
+    return L.Dense(4)(L.Flatten()(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", [_two_dimensional_windows, _dense_over_time])
+def test_general_windows_and_batched_fully_connected(build, tmp_path):
+    """Shapes the ECG models never use but the kernels support: 2-D windows clipped
+    on both axes, and a FULLY_CONNECTED applied to every time step."""
+    from edge_ecg.tf import keras
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((96, 3))
+    model = keras.Model(inputs, build(keras.layers, inputs))
+    rng = np.random.default_rng(3)
+    model_bytes = to_int8_tflite(model, rng.normal(0, 1, (6, 96, 3)).astype(np.float32))
+    aot, _ = compile_model(model_bytes, tmp_path)
+    assert_bit_exact(model_bytes, aot, random_int8_inputs(rng, aot.input_shape, 5))
+
+
+# --- (b) the project's dscnn at full size ------------------------------------------------
+
+
+def calibrated_dscnn(seed: int = 0):
+    """dscnn() defaults with random weights and batch-norm statistics set, layer by
+    layer, to the batch statistics of random records (so activations are realistic)."""
+    from edge_ecg.models import dscnn
+    from edge_ecg.tf import keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = dscnn()
+    records = rng.normal(0, 1, (16, 1000, 12)).astype(np.float32)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            features = keras.Model(model.input, layer.input)(records, training=False).numpy()
+            axes = tuple(range(features.ndim - 1))
+            gamma, beta, _, _ = layer.get_weights()
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.5, beta.shape),
+                features.mean(axes), features.var(axes) + 1e-3,
+            ])
+        elif isinstance(layer, keras.layers.Dense):
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(0, 0.3, bias.shape)])
+    return model, records
+
+
+@cache
+def dscnn_case() -> tuple[bytes, np.ndarray]:
+    model, records = calibrated_dscnn()
+    return to_int8_tflite(model, records[:8]), records
+
+
+@pytest.mark.slow
+def test_dscnn_full_size_is_bit_exact_with_tflite_micro(tmp_path):
+    model_bytes, records = dscnn_case()
+    assert "DEPTHWISE_CONV_2D" in op_names(model_bytes)
+    aot, report = compile_model(model_bytes, tmp_path)
+    assert aot.input_shape == (1, 1000, 12) and aot.output_shape == (1, 5)
+    rng = np.random.default_rng(1)
+    # Ten records quantized as the model expects, ten of uniform random bytes.
+    scale, zp = report["input"]["scale"], report["input"]["zero_point"]
+    quantized = [
+        np.clip(np.round(r / scale) + zp, -128, 127).astype(np.int8)[None]
+        for r in rng.normal(0, 1, (10, 1000, 12))
+    ]
+    inputs = quantized + random_int8_inputs(rng, (1, 1000, 12), 10)
+    assert_bit_exact(model_bytes, aot, inputs, label="dscnn")
+    # The check means something only if the outputs are not stuck at one value.
+    outputs = np.stack([aot.invoke(x) for x in inputs])
+    assert len(np.unique(outputs)) > 5
+
+
+@pytest.mark.slow
+def test_only_the_double_rounding_variant_matches(tmp_path):
+    """The pip tflite-micro build uses double rounding (TFLITE_SINGLE_ROUNDING unset):
+    the single-rounding variant differs from it by one LSB somewhere."""
+    model_bytes, _ = dscnn_case()
+    src = tmp_path / "single"
+    generate(model_bytes, src, rounding="single")
+    single = AotModel(build_shared_library(src, tmp_path / "libsingle.so"))
+    tflm = Tflm(model_bytes)
+    inputs = random_int8_inputs(np.random.default_rng(2), (1, 1000, 12), 10)
+    differing = [x for x in inputs if not np.array_equal(single.invoke(x), tflm(x))]
+    assert differing, "single rounding matched TFLM: the test inputs do not discriminate"
+    assert np.abs(single.invoke(differing[0]).astype(int) - tflm(differing[0])).max() <= 2
+
+
+# --- (c) memory plan ----------------------------------------------------------------------
+
+
+def plan_is_valid(plan) -> None:
+    arena = plan.arena
+    for i, a in enumerate(arena):
+        assert a.offset >= 0 and a.offset % plan.alignment == 0
+        assert a.offset + a.size <= plan.arena_bytes
+        for b in arena[i + 1 :]:
+            if a.overlaps_in_time(b):
+                assert not a.overlaps_in_memory(b), f"{a.names} and {b.names} share bytes while live"
+    assert plan.arena_bytes <= sum(a.size for a in arena) + plan.alignment * len(arena)
+    assert plan.arena_bytes == max((a.offset + a.size for a in arena), default=0)
+
+
+@pytest.mark.slow
+def test_dscnn_memory_plan_never_overlaps_live_tensors():
+    model_bytes, _ = dscnn_case()
+    plan = memory_plan(model_bytes)
+    plan_is_valid(plan)
+    assert plan.arena_bytes <= plan.naive_bytes
+    # The input is read in place and the output written in place: neither is in the arena.
+    bindings = {a.binding for a in plan.allocations}
+    assert {"input", "output"} <= bindings
+    # The largest producer/consumer pair bounds the arena from below: 500x32 + 250x32.
+    assert plan.arena_bytes == 500 * 32 + 250 * 32
+
+
+@pytest.mark.slow
+def test_reshape_from_input_to_output_becomes_a_copy(tmp_path):
+    """Aliasing would make the caller's input and output one buffer: it is a memcpy."""
+    from edge_ecg.tf import keras
+
+    inputs = keras.Input((16, 3))
+    model = keras.Model(inputs, keras.layers.Flatten()(inputs))
+    model_bytes = convert_directly(model, np.random.default_rng(0).normal(size=(4, 16, 3)))
+    assert op_names(model_bytes) == ["RESHAPE"]
+    plan = memory_plan(model_bytes)
+    assert plan.copies == {0} and plan.arena_bytes == 0
+    aot, report = compile_model(model_bytes, tmp_path)
+    assert report["activation_bytes"] == 0
+    assert_bit_exact(model_bytes, aot, random_int8_inputs(np.random.default_rng(1), (1, 16, 3), 3))
+
+
+def test_pack_never_overlaps_random_lifetimes():
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(1, 25))
+        requests = []
+        for key in range(n):
+            first = int(rng.integers(0, 30))
+            requests.append((key, int(rng.integers(1, 5000)), first, first + int(rng.integers(0, 8))))
+        offsets, total = pack(requests, alignment=16)
+        assert total <= sum(r[1] for r in requests) + 16 * n
+        for i, (ka, sa, fa, la) in enumerate(requests):
+            assert offsets[ka] % 16 == 0
+            for kb, sb, fb, lb in requests[i + 1 :]:
+                if fa <= lb and fb <= la:
+                    oa, ob = offsets[ka], offsets[kb]
+                    assert oa + sa <= ob or ob + sb <= oa, (trial, ka, kb)
+
+
+# --- (d) errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_unsupported_op_raises_naming_the_op(tmp_path):
+    from edge_ecg.tf import keras
+
+    inputs = keras.Input((64, 3))
+    x = keras.layers.Conv1D(4, 3, padding="same")(inputs)
+    x = keras.layers.Activation("tanh")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    model_bytes = convert_directly(model, np.random.default_rng(0).normal(size=(4, 64, 3)))
+    assert "TANH" in op_names(model_bytes)
+    with pytest.raises(AotError, match=r"op #\d+ TANH: .*not supported") as info:
+        generate(model_bytes, tmp_path / "out")
+    assert info.value.op_name == "TANH"
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_float_io_model_raises(tmp_path):
+    from edge_ecg.tf import keras
+
+    inputs = keras.Input((64, 3))
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Conv1D(4, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    model_bytes = convert_directly(model, np.random.default_rng(0).normal(size=(4, 64, 3)), int8_io=False)
+    with pytest.raises(AotError, match="float32"):
+        generate(model_bytes, tmp_path)
+    with pytest.raises(AotError, match="float32"):
+        memory_plan(model_bytes)
+
+
+def _edited(model_bytes: bytes, edit) -> bytes:
+    """The model re-serialized after ``edit(ModelT)`` (flatbuffer object API)."""
+    import flatbuffers
+
+    fb = schema()
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(bytearray(model_bytes), 0))
+    edit(model)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("dilationHFactor", 2, "dilation"),
+        ("fusedActivationFunction", 4, "fused activation 4"),  # TANH
+    ],
+)
+def test_unsupported_conv_options_raise(field, value, message, tmp_path):
+    model_bytes, _ = dscnn_case()
+    fb = schema()
+
+    def edit(model):
+        for op in model.subgraphs[0].operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == fb.BuiltinOperator.CONV_2D:
+                setattr(op.builtinOptions, field, value)
+                return
+
+    with pytest.raises(AotError, match=rf"op #1 CONV_2D: .*{message}"):
+        generate(_edited(model_bytes, edit), tmp_path)
+
+
+def test_not_a_model_raises(tmp_path):
+    with pytest.raises(AotError):
+        generate(b"definitely not a flatbuffer", tmp_path)
+
+
+# --- arithmetic twins -------------------------------------------------------------------
+
+
+def test_fixed_point_twins_follow_tflite_conventions():
+    from edge_ecg.aot import fixedpoint as fp
+
+    assert fp.quantize_multiplier(1.0) == (1 << 30, 1)
+    assert fp.quantize_multiplier(0.5) == (1 << 30, 0)
+    assert fp.quantize_multiplier(0.0) == (0, 0)
+    assert fp.quantize_multiplier(2.0**-40) == (0, 0)  # flushed to zero like TFLite
+    assert fp.quantize_multiplier(2.0**40, "single") == ((1 << 31) - 1, 30)  # saturated
+    assert fp.srdhm(fp.INT32_MIN, fp.INT32_MIN) == fp.INT32_MAX
+    # Ties: the doubling high multiply rounds up, the shift rounds away from zero.
+    assert (fp.srdhm(3, 1 << 30), fp.srdhm(-3, 1 << 30)) == (2, -1)
+    assert (fp.rdbpot(3, 1), fp.rdbpot(-3, 1)) == (2, -2)
+    assert fp.mbqm(-3, 1 << 30, 0, "double") == -1 and fp.mbqm(-3, 1 << 30, 0, "single") == -1
+    assert fp.mbqm(-6, 1 << 30, -1, "double") == -2 and fp.mbqm(-6, 1 << 30, -1, "single") == -1
+    assert fp.round_half_away(2.5) == 3 and fp.round_half_away(-2.5) == -3
+    assert fp.activation_range(3, 6.0 / 255, -128) == (-128, 127)  # RELU6 fills the range
+    assert fp.activation_range(1, 0.1, 5) == (5, 127)
+    table = fp.logistic_table(0.1, 0, "double")
+    assert (table[0], table[128], table[255]) == (-128, 0, 127)  # inputs -12.8, 0, 12.7
+    assert table == sorted(table)
+
+
+# --- (e) determinism and (f) strict compilation -----------------------------------------
+
+
+@pytest.mark.slow
+def test_generation_is_deterministic(tmp_path):
+    model_bytes, _ = dscnn_case()
+    first = generate(model_bytes, tmp_path / "a")
+    second = generate(model_bytes, tmp_path / "b")
+    for kind in ("c", "h"):
+        a = (tmp_path / "a" / f"ecg_model.{kind}").read_bytes()
+        b = (tmp_path / "b" / f"ecg_model.{kind}").read_bytes()
+        assert a == b
+    first.pop("files"), second.pop("files")
+    assert first == second
+    source = (tmp_path / "a" / "ecg_model.c").read_text()
+    assert "generated, do not edit" in source
+    assert first["model_sha256"] in source
+    header = (tmp_path / "a" / "ecg_model.h").read_text()
+    assert "#ifndef ECG_MODEL_H_" in header
+    assert f"#define ECG_MODEL_ACTIVATION_BYTES {first['activation_bytes']}" in header
+
+
+@pytest.mark.slow
+def test_generated_c_compiles_strictly_and_includes_only_the_c_library(tmp_path):
+    model_bytes, _ = dscnn_case()
+    report = generate(model_bytes, tmp_path, prefix="ecg_model")
+    source = (tmp_path / "ecg_model.c").read_text()
+    includes = {line.split()[1] for line in source.splitlines() if line.startswith("#include")}
+    assert includes == {"<stddef.h>", "<stdint.h>", "<string.h>", '"ecg_model.h"'}
+    assert "malloc" not in source
+    flags = ["-std=c99", "-pedantic", "-O2", "-Wall", "-Wextra", "-Werror", "-Wshadow",
+             "-Wstrict-prototypes", "-Wmissing-prototypes", "-c"]
+    result = subprocess.run(
+        ["gcc", *flags, str(tmp_path / "ecg_model.c"), "-o", str(tmp_path / "ecg_model.o")],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert report["activation_bytes"] > 0 and report["weights_bytes"] > 0
+    assert [op["op"] for op in report["ops"]][-1] == "LOGISTIC"
