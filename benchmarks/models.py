@@ -1,6 +1,7 @@
 """Train dscnn and the three reference architectures on the same split and budget; print one table.
 
     python benchmarks/models.py --data ../shared/data/ptbxl [--epochs 30] [--out runs/bench-models]
+    python benchmarks/models.py --cv --data ../shared/data/ptbxl [--out runs/bench-cv]   (ten-fold rotation)
 
 Each model is an ordinary run folder under --out, so an interrupted benchmark resumes
 where it stopped and finished models are not retrained. The table (also written to
@@ -15,6 +16,8 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+import numpy as np
 
 from edge_ecg import CLASSES
 
@@ -54,6 +57,114 @@ def print_table(rows: list[dict], epochs: int) -> None:
         print(f"{r['arch']:<14} {r['params']:>10,} {r['macs']:>13,} {ci:>26} {per} {r['epochs_run']:>6} {r['seconds_per_epoch']:>8.1f}")
 
 
+# --------------------------------------------------------------------------- ten-fold rotation
+
+CV_PLAN = (
+    # (row name, architecture, epochs, seed, teacher rows) -- references first, teachers before students
+    ("dscnn", "dscnn", 20, 0, None),
+    ("cnn_base", "cnn_base", 20, 0, None),
+    ("dscnn seed 1", "dscnn", 20, 1, None),
+    ("dscnn distilled", "dscnn", 20, 0, ("dscnn", "dscnn seed 1", "cnn_base")),
+    ("resnet1d_wang", "resnet1d_wang", 10, 0, None),
+    ("inception_cnn", "inception_cnn", 6, 0, None),
+)
+INT8_ROWS = ("dscnn", "dscnn distilled")
+
+
+def _slug(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def int8_rotation(cv_dir: Path, dataset, clip) -> Path:
+    """Export every fold's model to int8 (TFLite Micro outputs on its test fold) as a pseudo-rotation folder."""
+    from edge_ecg.cv import FOLDS, fold_dir
+    from edge_ecg.evaluate import save_predictions
+    from edge_ecg.export import export
+    from edge_ecg.export.convert import output_probabilities
+
+    out = cv_dir.parent / f"{cv_dir.name}-int8-{'clip' if clip == 'auto' else 'noclip'}"
+    for k in FOLDS:
+        target = fold_dir(out, k)
+        if (target / "predictions" / "test_probs.npy").is_file():
+            continue
+        run = fold_dir(cv_dir, k)
+        result = export(run, dataset=dataset, clip_sigma=clip, out=target / "export", progress=False, n_boot=200)
+        q = np.load(target / "export" / "test_int8_outputs.npy")
+        ids = np.load(target / "export" / "test_ecg_ids.npy")
+        o = result["tflite"]["output"]
+        probs = output_probabilities(q, o["scale"], o["zero_point"], result["tflite"]["output_kind"])
+        labels = np.load(run / "predictions" / "test_labels.npy")
+        assert np.array_equal(ids, np.load(run / "predictions" / "test_ecg_ids.npy"))
+        save_predictions(target, "test", ids, probs, labels)
+        (target / "export.json").write_text(json.dumps({k: result[k] for k in ("tflite", "calibration", "parity")}, indent=1))
+    return out
+
+
+def cv_main(args, dataset, data) -> None:
+    from dataclasses import replace
+
+    from edge_ecg import cv
+    from edge_ecg.models import build, summary
+    from edge_ecg.train import TrainConfig
+
+    out = Path(args.out)
+    pooled: dict[str, tuple] = {}
+    meta: dict[str, dict] = {}
+    for name, arch, epochs, seed, teachers in CV_PLAN:
+        if args.arch and arch not in args.arch:
+            continue
+        teacher = ",".join(str(out / _slug(t)) for t in teachers) if teachers else None
+        config = TrainConfig(arch=arch, data=data, epochs=epochs, seed=seed, teacher=teacher)
+        cv.cross_validate(out / _slug(name), config, dataset=dataset)
+        pooled[name] = cv.pooled_predictions(out / _slug(name))
+        info = summary(build(arch))
+        meta[name] = {"params": info["params"], "macs": info["macs"], "int8_bytes": info["int8_bytes"], "epochs": epochs}
+        if name in INT8_ROWS and not args.no_int8:
+            for clip, label in (("auto", "int8"), (None, "int8 no clip")):
+                pooled[f"{name} {label}"] = cv.pooled_predictions(int8_rotation(out / _slug(name), dataset, clip))
+                size = json.loads((cv.fold_dir(out / f"{_slug(name)}-int8-{'clip' if clip else 'noclip'}", 10) / "export.json").read_text())
+                meta[f"{name} {label}"] = {**meta[name], "int8_bytes": size["tflite"]["bytes"]}
+        write_cv_table(out, pooled, meta)
+    if "dscnn" in pooled and "dscnn seed 1" in pooled:
+        ids, labels, probs, folds = cv.ensemble([out / "dscnn", out / "dscnn_seed_1"])
+        pooled["dscnn 2-seed ensemble"] = (ids, labels, probs, folds)
+        meta["dscnn 2-seed ensemble"] = {**meta["dscnn"], "params": 2 * meta["dscnn"]["params"], "macs": 2 * meta["dscnn"]["macs"]}
+    print(write_cv_table(out, pooled, meta))
+
+
+def write_cv_table(out: Path, pooled: dict, meta: dict) -> str:
+    from edge_ecg import cv
+
+    first = next(iter(pooled.values()))
+    ids, labels, _, folds = first
+    pooled = {"naive (training-fold priors)": (ids, labels, cv.naive_probs(labels, folds), folds), **pooled}
+    meta = {"naive (training-fold priors)": {"params": 0, "macs": 0, "int8_bytes": 0, "epochs": 0}, **meta}
+    refs = [n for n in pooled if n.split()[0] in ("cnn_base", "resnet1d_wang", "inception_cnn")]
+    reports = {n: cv.report_predictions(p[1], p[2], p[3], n_boot=1000) for n, p in pooled.items()}
+    best_ref = max(refs, key=lambda n: reports[n]["macro_auc"]) if refs else None
+    rows = []
+    for name, (i, y, p, f) in pooled.items():
+        assert np.array_equal(i, ids), "rows must hold predictions of the same records"
+        r = reports[name]
+        diff = cv.paired_bootstrap(y, p, pooled[best_ref][2], n_boot=1000) if best_ref else None
+        rows.append({"model": name, **meta[name], **{k: r[k] for k in ("macro_auc", "macro_auc_ci95", "per_class_auc", "per_fold")},
+                     "vs_best_reference": diff, "best_reference": best_ref})
+    (out / "cv_table.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = [f"Pooled out-of-fold predictions of {len(ids)} records, ten-fold rotation (test k, validate k+1); "
+             f"paired bootstrap difference against the best reference ({best_ref})",
+             f"{'model':<28} {'epochs':>6} {'params':>9} {'MACs/record':>12} {'int8 B':>7} {'macro AUC [95% CI]':>24} "
+             + " ".join(f"{c:>6}" for c in CLASSES) + f" {'diff vs best ref [95% CI]':>28}"]
+    for r in rows:
+        ci = f"{r['macro_auc']:.4f} [{r['macro_auc_ci95'][0]:.3f},{r['macro_auc_ci95'][1]:.3f}]"
+        d = r["vs_best_reference"]
+        dtext = f"{d['difference']:+.4f} [{d['ci95'][0]:+.3f},{d['ci95'][1]:+.3f}]" if d else ""
+        per = " ".join(f"{r['per_class_auc'][c]:>6.3f}" for c in CLASSES)
+        lines.append(f"{r['model']:<28} {r['epochs']:>6} {r['params']:>9,} {r['macs']:>12,} {r['int8_bytes']:>7,} {ci:>24} {per} {dtext:>28}")
+    table = "\n".join(lines)
+    (out / "cv_table.txt").write_text(table + "\n")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="PTB-XL folder (default: $EDGE_ECG_DATA)")
@@ -61,11 +172,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-models")
     parser.add_argument("--arch", action="append", choices=ARCHS, help="only these (repeatable; default: all four)")
+    parser.add_argument("--cv", action="store_true", help="ten-fold rotation with pooled predictions (see CV_PLAN)")
+    parser.add_argument("--no-int8", action="store_true", help="with --cv: skip the int8 exports of each fold")
     args = parser.parse_args()
     from edge_ecg.data import load_ptbxl
 
     data = str(Path(args.data).resolve()) if args.data else None
     dataset = load_ptbxl(data)
+    if args.cv:
+        if args.out == "runs/bench-models":
+            args.out = "runs/bench-cv"
+        cv_main(args, dataset, data)
+        return
     out = Path(args.out)
     rows = []
     for arch in args.arch or ARCHS:

@@ -202,7 +202,7 @@ def cmd_export(args) -> int:
     from edge_ecg.export import export
 
     result = export(args.run, model_path=args.model, clip_sigma=args.clip, allow_mismatch=args.allow_mismatch,
-                    out=args.out, data=str(Path(args.data).resolve()) if args.data else None)
+                    out=args.out, data=str(Path(args.data).resolve()) if args.data else None, runtime=args.runtime)
     if args.json:
         _print_json(result)
     return 0
@@ -350,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: the run's)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/export)")
     p.add_argument("--allow-mismatch", action="store_true", help="export even if TFLite Micro and LiteRT disagree")
+    p.add_argument("--runtime", choices=("tflm", "aot"), default="tflm",
+                   help="aot: also generate the ahead-of-time C model (export/aot/), checked bit for bit against TFLite Micro")
     p.add_argument("--json", action="store_true", help="print export.json")
     p.set_defaults(func=cmd_export)
 

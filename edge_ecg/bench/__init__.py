@@ -144,7 +144,8 @@ def bench(
     reference = dict(zip(np.load(run / "export" / "test_ecg_ids.npy").tolist(), np.load(run / "export" / "test_int8_outputs.npy").tolist()))
     out_q = exported["tflite"]["output"]
     summary = summarize(rows, reference=reference, labels=labels, output_scale=out_q["scale"],
-                        output_zero_point=out_q["zero_point"], expected_ids=[i for i, _ in records])
+                        output_zero_point=out_q["zero_point"], output_kind=exported["tflite"].get("output_kind", "probability"),
+                        expected_ids=[i for i, _ in records])
     summary = {"backend": backend, "device": info, "reference": "TFLite Micro host emulator (export/test_int8_outputs.npy)", **summary}
     (out / f"{backend}.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

@@ -100,6 +100,7 @@ def summarize(
     labels: dict[int, np.ndarray] | None = None,
     output_scale: float = 1.0,
     output_zero_point: int = 0,
+    output_kind: str = "probability",
     expected_ids: Sequence[int] = (),
 ) -> dict:
     """Latency, accuracy from the device's own outputs, and bit-exactness against a reference."""
@@ -127,7 +128,9 @@ def summarize(
         from edge_ecg.metrics import MetricError, bootstrap_auc, macro_auc, per_class_auc
 
         y = np.stack([labels[r["ecg_id"]] for r in ok])
-        p = output_scale * (np.asarray([r["int8"] for r in ok], dtype=np.float64) - output_zero_point)
+        from edge_ecg.export.convert import output_probabilities
+
+        p = output_probabilities(np.asarray([r["int8"] for r in ok]), output_scale, output_zero_point, output_kind)
         try:
             summary["macro_auc"] = macro_auc(y, p)
             summary["macro_auc_ci95"] = list(bootstrap_auc(y, p, n_boot=500))

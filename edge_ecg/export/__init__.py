@@ -27,9 +27,11 @@ from edge_ecg.export.convert import (
     TFLM_RESOLVER,
     ExportError,
     check_tflite,
+    deployable_model,
     load_model,
     model_io,
     ops_in_model,
+    output_probabilities,
     to_int8_tflite,
 )
 from edge_ecg.export.convert import is_quantization_aware
@@ -90,6 +92,27 @@ def _model_path(run: Path, model_path: str | os.PathLike | None) -> Path:
     return path
 
 
+RUNTIMES = ("tflm", "aot")
+
+
+def export_aot(tflite: bytes, folder: Path, x_int8: np.ndarray, tflm_outputs: np.ndarray) -> dict:
+    """Generate the AOT C model into ``folder``, build it on the host and compare with TFLite Micro."""
+    import tempfile
+
+    from edge_ecg.aot import AotModel, build_shared_library, generate
+
+    report = generate(tflite, folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = AotModel(build_shared_library(folder, Path(tmp) / "libecg_model.so"))
+        got = np.stack([model.invoke(x) for x in x_int8])
+    identical = int(np.all(got.reshape(tflm_outputs.shape) == tflm_outputs, axis=1).sum())
+    if identical != len(tflm_outputs):
+        raise ExportError(f"the AOT C model differs from TFLite Micro on {len(tflm_outputs) - identical} test records: a generator bug")
+    return {"activation_bytes": report["activation_bytes"], "weights_bytes": report["weights_bytes"],
+            "identical_to_tflm": identical, "records": len(tflm_outputs),
+            "files": [str(Path(f).relative_to(folder.parent)) for f in report["files"].values()]}
+
+
 def clip_inputs(x: np.ndarray, clip_sigma: float | None) -> np.ndarray:
     """Standardized inputs clipped to ±clip_sigma (no-op for None), in float32 as the firmware does."""
     if clip_sigma is None:
@@ -117,6 +140,7 @@ def export(
     n_boot: int = 1000,
     clip_sigma: float | str | None = "auto",
     out: str | os.PathLike | None = None,
+    runtime: str = "tflm",
 ) -> dict:
     """Export the run's model for the microcontroller into ``run/export/``; returns export.json's content.
 
@@ -135,7 +159,9 @@ def export(
     few large-amplitude records do not stretch the int8 input step; ``"auto"`` picks
     it from :data:`CLIP_CANDIDATES` by the int8 macro AUC on the validation fold (the
     test fold is never used for the choice), None turns clipping off. ``out`` is the
-    folder written (default ``run/export``).
+    folder written (default ``run/export``). ``runtime="aot"`` also writes the
+    ahead-of-time C model (:mod:`edge_ecg.aot`) into ``<out>/aot/`` and checks it bit
+    for bit against TFLite Micro on every test record.
     """
     from edge_ecg import CLASSES, __version__
     from edge_ecg.data import LEADS, Standardizer
@@ -154,6 +180,8 @@ def export(
 
     if not (clip_sigma is None or clip_sigma == "auto" or (isinstance(clip_sigma, (int, float)) and clip_sigma > 0)):
         raise ExportError(f"clip_sigma must be a positive number of standard deviations, 'auto' or None, got {clip_sigma!r}")
+    if runtime not in RUNTIMES:
+        raise ExportError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     run = Path(run)
     config = TrainConfig.from_dict(read_run_config(run)["train"])
     if data is not None:
@@ -175,6 +203,7 @@ def export(
     representative = standardizer.transform(split.train.signals[rep_idx])
     x_val = standardizer.transform(split.val.signals)
     p_val_float, p_test_float = predict(model, x_val), predict(model, x_test)
+    deployed, output_kind = deployable_model(model)
     candidates = CLIP_CANDIDATES if clip_sigma == "auto" else (clip_sigma,)
     if None not in candidates:
         candidates = (*candidates, None)  # always measured, for the report's "without clipping" row
@@ -182,11 +211,11 @@ def export(
     for clip in candidates:
         say(f"converting {path.name} to int8 TFLite ({len(rep_idx)} representative training records, "
             f"clip {'off' if clip is None else f'±{clip:g} sd'})")
-        tflite = to_int8_tflite(model, clip_inputs(representative, clip))
+        tflite = to_int8_tflite(deployed, clip_inputs(representative, clip))
         io = check_tflite(tflite)
         in_q, out_q = io["inputs"][0], io["outputs"][0]
         y_val_q = tflm_run(tflite, quantize_input(clip_inputs(x_val, clip), in_q["scale"], in_q["zero_point"]))
-        p_val = dequantize_output(y_val_q, out_q["scale"], out_q["zero_point"])
+        p_val = output_probabilities(y_val_q, out_q["scale"], out_q["zero_point"], output_kind)
         trials[clip] = {
             "tflite": tflite, "io": io, "y_val_q": y_val_q,
             "row": {"clip_sigma": clip, "input_scale": in_q["scale"], "val_int8_macro_auc": macro_auc(split.val.labels, p_val),
@@ -205,7 +234,7 @@ def export(
     for clip, trial in trials.items():
         t_in, t_out = trial["io"]["inputs"][0], trial["io"]["outputs"][0]
         y = y_test_q if clip == chosen else tflm_run(trial["tflite"], quantize_input(clip_inputs(x_test, clip), t_in["scale"], t_in["zero_point"]))
-        p = dequantize_output(y, t_out["scale"], t_out["zero_point"])
+        p = output_probabilities(y, t_out["scale"], t_out["zero_point"], output_kind)
         trial["row"]["test_int8_macro_auc"] = macro_auc(split.test.labels, p)
         trial["row"]["test_mean_abs_diff"] = float(np.mean(np.abs(p - p_test_float)))
         trial["row"]["test_max_abs_diff"] = float(np.max(np.abs(p - p_test_float)))
@@ -230,8 +259,8 @@ def export(
     if litert_mismatches:
         say(f"[yellow]warning[/]: TFLite Micro and LiteRT BUILTIN_REF differ by 1 LSB on {len(litert_mismatches)} of "
             f"{len(identical)} test records (listed in export.json)")
-    p_val = dequantize_output(y_val_q, out_q["scale"], out_q["zero_point"])
-    p_test = dequantize_output(y_test_q, out_q["scale"], out_q["zero_point"])
+    p_val = output_probabilities(y_val_q, out_q["scale"], out_q["zero_point"], output_kind)
+    p_test = output_probabilities(y_test_q, out_q["scale"], out_q["zero_point"], output_kind)
     report = classification_report(split.val.labels, p_val, split.test.labels, p_test, n_boot=n_boot, seed=config.seed)
     float_auc = macro_auc(split.test.labels, p_test_float)
 
@@ -262,6 +291,7 @@ def export(
         arena_bytes=arena["recommended_bytes"],
         arena_min_bytes=arena["min_bytes"],
         input_clip_sigma=0.0 if chosen is None else float(chosen),
+        output_kind=output_kind,
         thresholds_note=thresholds_note,
     )
     np.save(out_dir / "test_int8_outputs.npy", y_test_q)
@@ -284,6 +314,7 @@ def export(
             "resolver": {op: TFLM_RESOLVER[op] for op in ops},
             "input": in_q,
             "output": out_q,
+            "output_kind": output_kind,
         },
         "arena": arena,
         "calibration": {
@@ -305,6 +336,9 @@ def export(
         "test": report,
         "files": [TFLITE_FILE, *SOURCE_FILES, "test_int8_outputs.npy", "test_ecg_ids.npy", EXPORT_FILE],
     }
+    if runtime == "aot":
+        result["aot"] = export_aot(tflite, out_dir / "aot", q_test, y_test_q)
+        result["files"].append("aot/")
     write_json(out_dir / EXPORT_FILE, result)
     say(
         f"int8 TFLM test macro AUC {report['macro_auc']:.4f} (float {float_auc:.4f}, drop {float_auc - report['macro_auc']:+.4f}); "

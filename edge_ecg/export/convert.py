@@ -194,6 +194,34 @@ def is_quantization_aware(model) -> bool:
     return any(isinstance(layer, kinds) for layer in model.layers)
 
 
+def deployable_model(model):
+    """(model to convert, output kind): cut a final sigmoid off so the int8 model outputs logits.
+
+    int8 probabilities crowd into a few steps near 0 and 1 and tie records that the
+    float model ranks apart (measured: an 8-epoch dscnn lost 0.12 test macro AUC);
+    logits spread over the whole int8 range. Models whose last layer is a sigmoid
+    ``Activation`` (plain or QAT-wrapped) give ``"logit"``; others, e.g. a Dense with
+    a built-in sigmoid, are converted as they are (``"probability"``).
+    """
+    from edge_ecg.tf import keras
+
+    last = model.layers[-1]
+    inner = getattr(last, "layer", last)  # tfmot's QuantizeWrapper holds the real layer
+    if isinstance(inner, keras.layers.Activation) and getattr(inner.activation, "__name__", "") == "sigmoid":
+        return keras.Model(model.inputs, model.layers[-2].output, name=f"{model.name}_logits"), "logit"
+    return model, "probability"
+
+
+def output_probabilities(q: np.ndarray, scale: float, zero_point: int, kind: str) -> np.ndarray:
+    """Probabilities from the int8 model outputs: dequantized, then the sigmoid if they are logits."""
+    x = (np.asarray(q, np.float32) - np.float32(zero_point)) * np.float32(scale)
+    if kind == "logit":
+        return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+    if kind != "probability":
+        raise ValueError(f"output kind must be 'logit' or 'probability', got {kind!r}")
+    return x
+
+
 # --------------------------------------------------------------------------- conversion
 
 

@@ -151,6 +151,7 @@ def model_config_h(
     lead_names: Sequence[str] | None = None,
     sample_rate_hz: int | None = None,
     thresholds_note: str = "",
+    output_kind: str = "probability",
 ) -> str:
     io = check_tflite(tflite_bytes)
     inp, out = io["inputs"][0], io["outputs"][0]
@@ -162,9 +163,10 @@ def model_config_h(
         raise ExportError(f"standardization for {len(lead_mean)} leads, the model takes {leads}")
     if not arena_bytes > 0:
         raise ExportError(f"arena size must be positive, got {arena_bytes}")
-    out_scale, out_zp = np.float32(out["scale"]), np.float32(out["zero_point"])
+    from edge_ecg.export.convert import output_probabilities
+
     q_grid = np.arange(-128, 128, dtype=np.float32)
-    probs = (q_grid - out_zp) * out_scale  # the int8 output steps, as dequantize_output computes them
+    probs = output_probabilities(q_grid, out["scale"], out["zero_point"], output_kind)  # each int8 step's probability
     thresholds_q = []
     for t in thresholds:
         above = np.flatnonzero(probs >= np.float32(t))
@@ -202,9 +204,11 @@ def model_config_h(
         lines.append(f"#define ECG_LEAD_NAMES {_list([_c_string(n) for n in lead_names])}")
     lines += [
         "",
-        "/* Output: ECG_NUM_CLASSES int8 sigmoid outputs, p = (q - ECG_OUTPUT_ZERO_POINT) * ECG_OUTPUT_SCALE.",
+        "/* Output: ECG_NUM_CLASSES int8 values, v = (q - ECG_OUTPUT_ZERO_POINT) * ECG_OUTPUT_SCALE;",
+        " * with ECG_OUTPUT_IS_LOGIT 1 they are logits and p = 1 / (1 + exp(-v)), else p = v.",
         " * Class c is present when p >= ECG_THRESHOLDS[c], or equivalently q >= ECG_THRESHOLDS_Q[c]",
-        " * (128 = never). */",
+        " * (128 = never), so a device needs no float math to decide. */",
+        f"#define ECG_OUTPUT_IS_LOGIT {1 if output_kind == 'logit' else 0}",
         f"#define ECG_OUTPUT_SCALE {c_float(out['scale'])}",
         f"#define ECG_OUTPUT_ZERO_POINT {_int(out['zero_point'])}",
         f"#define ECG_NUM_CLASSES {classes}",
