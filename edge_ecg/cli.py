@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "report flash and RAM use, else print exactly what to run where ESP-IDF is installed.")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder with an export/")
     p.add_argument("--target", default="esp32", help="esp32 | esp32s3 | esp32c3 (default: esp32)")
-    p.add_argument("--runtime", default="tflm", help="tflm (TFLite Micro, default)")
+    p.add_argument("--runtime", default="tflm", help="tflm (TFLite Micro, default) | aot (the ahead-of-time C model; needs `export --runtime aot`)")
     p.add_argument("--out", metavar="DIR", help="project folder (default: RUN/firmware/TARGET)")
     p.add_argument("--idf", metavar="PATH", help="idf.py or the ESP-IDF folder (default: idf.py on PATH)")
     p.add_argument("--json", action="store_true", help="print the build record as JSON")

@@ -4,9 +4,19 @@
 ESP-IDF project in ``runs/NAME/firmware/<target>/``: the template
 ``firmware/esp32``, the portable core ``firmware/core`` (in ``main/core/``),
 the generated model sources (in ``main/model/``) and ``build.json`` (target,
-model hash, every file's SHA-256). Where ESP-IDF's ``idf.py`` is at hand it
-also builds the project and reports flash and RAM use; elsewhere it returns
-the commands to run where ESP-IDF is installed.
+runtime, model hash, every file's SHA-256). Where ESP-IDF's ``idf.py`` is at
+hand it also builds the project and reports flash and RAM use; elsewhere it
+returns the commands to run where ESP-IDF is installed.
+
+Two model runtimes share the one template: ``tflm`` (TensorFlow Lite Micro,
+``main/tflm_runner.cc`` and the export's ``model_data.cc``) and ``aot`` (the
+ahead-of-time C model of ``edge-ecg export --runtime aot``,
+``main/aot_runner.c`` and ``export/aot/ecg_model.c``, no TFLite Micro). A
+project holds its runtime's runner and model files only; ``main/CMakeLists.txt``
+compiles the runtime that the rendered ``main/ecg_runtime.cmake`` names, and
+``main/idf_component.yml`` is rendered per runtime (its
+``# if runtime == X`` ... ``# endif runtime`` blocks), so only a tflm project
+depends on espressif/esp-tflite-micro.
 
 :func:`flash` writes a built project to a board, with ``idf.py`` or else with
 esptool and the offsets of ``build/flasher_args.json``; without a port it
@@ -35,7 +45,7 @@ TEMPLATE_DIR = FIRMWARE_DIR / "esp32"
 CORE_DIR = FIRMWARE_DIR / "core"
 
 TARGETS = ("esp32", "esp32s3", "esp32c3")
-RUNTIMES = ("tflm",)
+RUNTIMES = ("tflm", "aot")
 # Baud rate of the benchmark UART (main/Kconfig.projbuild) and of flashing.
 UART_BAUD = 921600
 
@@ -62,9 +72,44 @@ REQUIRED_SYMBOLS = {
     "model_ops.h": ("kEcgOpCount", "ecg_register_ops"),
 }
 
+# What `edge-ecg export --runtime aot` writes into runs/NAME/export/ for the AOT
+# runtime: the ahead-of-time C model in aot/, besides the files above.
+AOT_EXPORT_DIR = "aot"
+AOT_SOURCES = ("ecg_model.c", "ecg_model.h")
+AOT_EXPORT_FILES = ("model_int8.tflite", "model_config.h", "export.json",
+                    *(f"{AOT_EXPORT_DIR}/{name}" for name in AOT_SOURCES))  # fmt: skip
+# What an AOT project's main/model/ holds: name there -> path in export/.
+AOT_MODEL_SOURCES = {"model_config.h": "model_config.h", "export.json": "export.json",
+                     **{name: f"{AOT_EXPORT_DIR}/{name}" for name in AOT_SOURCES}}  # fmt: skip
+# Macros of the generated ecg_model.h that aot_runner.c reads.
+REQUIRED_AOT_MACROS = (
+    "ECG_MODEL_INPUT_SIZE",
+    "ECG_MODEL_INPUT_SCALE",
+    "ECG_MODEL_INPUT_ZERO_POINT",
+    "ECG_MODEL_OUTPUT_SIZE",
+    "ECG_MODEL_OUTPUT_SCALE",
+    "ECG_MODEL_OUTPUT_ZERO_POINT",
+    "ECG_MODEL_ACTIVATION_BYTES",
+    "ECG_MODEL_OK",
+)
+AOT_ENTRY_POINT = "ecg_model_invoke"
+
+# The template's model runners: a project holds its runtime's only.
+RUNNERS = {"tflm": "main/tflm_runner.cc", "aot": "main/aot_runner.c"}
+# Written into every project: main/CMakeLists.txt reads ECG_RUNTIME from it.
+RUNTIME_CMAKE = "main/ecg_runtime.cmake"
+# Template files whose "# if runtime == X" ... "# endif runtime" blocks stay
+# only in a project for runtime X (the marker lines never do).
+RENDERED_PER_RUNTIME = ("main/idf_component.yml",)
+_BLOCK_BEGIN = re.compile(r"^[ \t]*#[ \t]*if runtime == (\S+)[ \t]*$")
+_BLOCK_END = re.compile(r"^[ \t]*#[ \t]*endif runtime[ \t]*$")
+
 # Left alone when a project is rendered again: ESP-IDF's build output, the
 # downloaded components and the configuration, so rebuilds stay incremental.
 KEPT_ON_RERENDER = ("build", "managed_components", "dependencies.lock", "sdkconfig", "sdkconfig.old")
+# Of those, what the component manager derived from idf_component.yml: deleted
+# when a project is rendered again for another runtime, whose manifest differs.
+DEPENDENCIES = ("managed_components", "dependencies.lock")
 BUILD_RECORD = "build.json"
 
 # USB vendor IDs of ESP32 boards' serial ports: the chip's own USB (ESP32-S3,
@@ -114,6 +159,15 @@ def check_target(target: str) -> str:
     return _check_choice(target, TARGETS, "target", UnknownTargetError)
 
 
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if edge-ecg builds firmware for it, else :class:`UnknownTargetError` with a "did you mean"."""
+    return _check_choice(runtime, RUNTIMES, "runtime", UnknownTargetError)
+
+
+def _export_fix(run: Path, runtime: str) -> str:
+    return f"run `edge-ecg export --run {run}{' --runtime aot' if runtime == 'aot' else ''}`"
+
+
 def _model_macros(config_h: Path) -> dict[str, str]:
     """``#define NAME value`` lines of a header, value stripped of comments."""
     macros = {}
@@ -123,11 +177,11 @@ def _model_macros(config_h: Path) -> dict[str, str]:
     return macros
 
 
-def _export_dir(run: Path) -> Path:
-    """``run/export`` after checking that every file the firmware needs is there and usable."""
+def _export_dir(run: Path, runtime: str = "tflm") -> Path:
+    """``run/export`` after checking that every file the ``runtime``'s firmware needs is there and usable."""
     export = run / "export"
-    fix = f"run `edge-ecg export --run {run}` first"
-    for name in EXPORT_FILES:
+    fix = f"{_export_fix(run, runtime)} first"
+    for name in AOT_EXPORT_FILES if runtime == "aot" else EXPORT_FILES:
         if not (export / name).is_file():
             raise MissingExportError(f"{export / name} is missing: {fix}")
     missing = [m for m in REQUIRED_MODEL_MACROS if m not in _model_macros(export / "model_config.h")]
@@ -136,12 +190,40 @@ def _export_dir(run: Path) -> Path:
             f"{export / 'model_config.h'} does not define {', '.join(missing)}, which the ESP32 port reads: "
             f"{fix} (or map the new names in firmware/esp32/main/config/model_config.h)"
         )
-    for name, symbols in REQUIRED_SYMBOLS.items():
+    if runtime == "aot":
+        header = export / AOT_EXPORT_DIR / "ecg_model.h"
+        missing = [m for m in REQUIRED_AOT_MACROS if m not in _model_macros(header)]
+        if missing:
+            raise MissingExportError(
+                f"{header} does not define {', '.join(missing)}, which firmware/esp32/main/aot_runner.c reads: {fix}"
+            )
+        required = {f"{AOT_EXPORT_DIR}/{name}": (AOT_ENTRY_POINT,) for name in AOT_SOURCES}
+    else:
+        required = REQUIRED_SYMBOLS
+    for name, symbols in required.items():
         text = (export / name).read_text(errors="replace")
         absent = [s for s in symbols if s not in text]
         if absent:
             raise MissingExportError(f"{export / name} does not mention {', '.join(absent)}: {fix}")
     return export
+
+
+def _check_same_model(run: Path, export: Path, runtime: str) -> str:
+    """The SHA-256 of ``model_int8.tflite``, after checking that the generated sources are of that model."""
+    model_sha256 = _sha256(export / "model_int8.tflite")
+    declared = {"model_config.h": _model_macros(export / "model_config.h")["ECG_MODEL_SHA256"].strip('"').lower()}
+    if runtime == "aot":
+        # The generator names the model's hash in its banner: " * model: sha256 <hex>".
+        header = export / AOT_EXPORT_DIR / "ecg_model.h"
+        match = re.search(r"\bmodel: sha256 ([0-9a-fA-F]{64})\b", header.read_text(errors="replace"))
+        declared[f"{AOT_EXPORT_DIR}/ecg_model.h"] = match.group(1).lower() if match else ""
+    for name, sha in declared.items():
+        if re.fullmatch(r"[0-9a-f]{64}", sha) and sha != model_sha256:
+            raise MissingExportError(
+                f"{export / name} is for another model (sha256 {sha[:12]}..., "
+                f"model_int8.tflite {model_sha256[:12]}...): {_export_fix(run, runtime)} again"
+            )
+    return model_sha256
 
 
 def _sha256(path: Path) -> str:
@@ -164,6 +246,27 @@ def esp_tflite_micro_version() -> str:
 # --------------------------------------------------------------------------- rendering
 
 
+def _for_runtime(text: str, runtime: str, source: Path) -> str:
+    """``text`` without its other runtimes' ``# if runtime == X`` ... ``# endif runtime`` blocks and the markers."""
+    kept, block = [], None
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        begin = _BLOCK_BEGIN.match(line)
+        if begin:
+            if block is not None or begin.group(1) not in RUNTIMES:
+                problem = "inside another block" if block is not None else f"names no runtime of {', '.join(RUNTIMES)}"
+                raise FirmwareError(f"{source}:{number}: `{line.strip()}` {problem}")
+            block = begin.group(1)
+        elif _BLOCK_END.match(line):
+            if block is None:
+                raise FirmwareError(f"{source}:{number}: `{line.strip()}` closes no `# if runtime == X`")
+            block = None
+        elif block is None or block == runtime:
+            kept.append(line)
+    if block is not None:
+        raise FirmwareError(f"{source}: `# if runtime == {block}` has no `# endif runtime`")
+    return "".join(kept)
+
+
 def _template_files() -> dict[str, Path]:
     if not (TEMPLATE_DIR / "CMakeLists.txt").is_file() or not CORE_DIR.is_dir():
         raise FirmwareError(
@@ -181,14 +284,23 @@ def _template_files() -> dict[str, Path]:
     return files
 
 
-def _project_files(export: Path) -> dict[str, Path]:
-    """Every file of a rendered project: its path in the project -> where it comes from."""
-    files = _template_files()
+def _project_files(export: Path, runtime: str = "tflm") -> dict[str, Path | bytes]:
+    """Every file of a rendered project: its path in the project -> where it comes from, or its content."""
+    files: dict[str, Path | bytes] = {}
+    for rel, path in _template_files().items():
+        if rel in RUNNERS.values() and rel != RUNNERS[runtime]:
+            continue
+        files[rel] = _for_runtime(path.read_text(), runtime, path).encode() if rel in RENDERED_PER_RUNTIME else path
+    files[RUNTIME_CMAKE] = (
+        f"# Written by `edge-ecg build --runtime {runtime}`: the model runtime main/CMakeLists.txt compiles.\n"
+        f"set(ECG_RUNTIME {runtime})\n"
+    ).encode()
     for path in sorted(CORE_DIR.iterdir()):
         if path.is_file():
             files[f"main/core/{path.name}"] = path
-    for name in MODEL_SOURCES:
-        files[f"main/model/{name}"] = export / name
+    model = AOT_MODEL_SOURCES if runtime == "aot" else {name: name for name in MODEL_SOURCES}
+    for name, source in model.items():
+        files[f"main/model/{name}"] = export / source
     return files
 
 
@@ -212,7 +324,7 @@ def _previous_record(project: Path) -> dict:
     return {}
 
 
-def _sync(project: Path, files: Mapping[str, Path]) -> None:
+def _sync(project: Path, files: Mapping[str, Path | bytes]) -> None:
     """Make ``project`` hold exactly ``files`` (besides KEPT_ON_RERENDER and build.json).
 
     Unchanged files are left as they are, so their timestamps do not force a
@@ -220,10 +332,14 @@ def _sync(project: Path, files: Mapping[str, Path]) -> None:
     """
     for rel, source in files.items():
         destination = project / rel
-        if destination.is_file() and destination.read_bytes() == source.read_bytes():
+        content = source if isinstance(source, bytes) else source.read_bytes()
+        if destination.is_file() and destination.read_bytes() == content:
             continue
         destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, destination)
+        if isinstance(source, bytes):
+            destination.write_bytes(source)
+        else:
+            shutil.copyfile(source, destination)
     for path in sorted(project.rglob("*"), reverse=True):  # children before their folders
         rel = path.relative_to(project)
         if rel.parts[0] in KEPT_ON_RERENDER or rel.as_posix() == BUILD_RECORD:
@@ -256,30 +372,46 @@ def idf_commands(project: str | os.PathLike, target: str) -> list[str]:
 def render(
     run: str | os.PathLike, target: str = "esp32", *, out: str | os.PathLike | None = None, runtime: str = "tflm"
 ) -> dict:
-    """Write the complete ESP-IDF project of ``run`` for ``target``; build nothing.
+    """Write the complete ESP-IDF project of ``run`` for ``target`` and ``runtime``; build nothing.
+
+    ``runtime`` is ``"tflm"`` (TensorFlow Lite Micro on the export's
+    ``model_data.cc``) or ``"aot"`` (the ahead-of-time C model that
+    ``edge-ecg export --runtime aot`` writes into ``export/aot/``; no TFLite
+    Micro, no esp-tflite-micro dependency).
 
     Returns the build record (also written to ``<project>/build.json``) plus
-    ``project_dir`` and ``sdkconfig_reset`` (True when an old ``sdkconfig`` was
-    deleted because the ``sdkconfig.defaults*`` files changed).
+    ``project_dir``, ``sdkconfig_reset`` (True when an old ``sdkconfig`` was
+    deleted because the ``sdkconfig.defaults*`` files changed) and
+    ``dependencies_reset`` (True when ``managed_components/`` and
+    ``dependencies.lock`` were deleted because the project was rendered for
+    another runtime before).
     """
     target = check_target(target)
-    runtime = _check_choice(runtime, RUNTIMES, "runtime", UnknownTargetError)
+    runtime = check_runtime(runtime)
     run = Path(run)
-    export = _export_dir(run)
+    export = _export_dir(run, runtime)
     project = Path(out) if out is not None else run / "firmware" / target
     previous = _previous_record(project)
-
-    model_sha256 = _sha256(export / "model_int8.tflite")
-    declared = _model_macros(export / "model_config.h")["ECG_MODEL_SHA256"].strip('"').lower()
-    if re.fullmatch(r"[0-9a-f]{64}", declared) and declared != model_sha256:
-        raise MissingExportError(
-            f"{export / 'model_config.h'} is for another model (ECG_MODEL_SHA256 {declared[:12]}..., "
-            f"model_int8.tflite {model_sha256[:12]}...): run `edge-ecg export --run {run}` again"
-        )
+    model_sha256 = _check_same_model(run, export, runtime)
 
     project.mkdir(parents=True, exist_ok=True)
-    _sync(project, _project_files(export))
+    _sync(project, _project_files(export, runtime))
     files = _file_list(project)
+
+    # The component manager's downloads and lock follow idf_component.yml,
+    # which differs between runtimes: a tflm project's esp-tflite-micro must
+    # not stay in an aot project.
+    dependencies_reset = False
+    if previous and previous.get("runtime", "tflm") != runtime:
+        for name in DEPENDENCIES:
+            path = project / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.is_file():
+                path.unlink()
+            else:
+                continue
+            dependencies_reset = True
 
     # ESP-IDF reads sdkconfig.defaults only when it creates sdkconfig, so an
     # old sdkconfig would silently keep the old settings.
@@ -297,12 +429,20 @@ def render(
         "model_sha256": model_sha256,
         "model_bytes": (export / "model_int8.tflite").stat().st_size,
         "export_dir": str(export.resolve()),
-        "esp_tflite_micro": esp_tflite_micro_version(),
+        "esp_tflite_micro": esp_tflite_micro_version() if runtime == "tflm" else None,
         "uart_baud": UART_BAUD,
         "files": files,
     }
+    if runtime == "aot":
+        activation = _model_macros(export / AOT_EXPORT_DIR / "ecg_model.h")["ECG_MODEL_ACTIVATION_BYTES"]
+        record["aot_activation_bytes"] = int(activation) if activation.isdigit() else activation
     (project / BUILD_RECORD).write_text(json.dumps(record, indent=1) + "\n")
-    return {**record, "project_dir": str(project), "sdkconfig_reset": sdkconfig_reset}
+    return {
+        **record,
+        "project_dir": str(project),
+        "sdkconfig_reset": sdkconfig_reset,
+        "dependencies_reset": dependencies_reset,
+    }
 
 
 # --------------------------------------------------------------------------- building
@@ -461,7 +601,8 @@ def build(
 ) -> dict:
     """Render the run's ESP-IDF project for ``target`` and build it where ESP-IDF is available.
 
-    The project goes to ``out`` (default ``run/firmware/<target>``). With
+    The project (see :func:`render`, also for ``runtime``: ``"tflm"`` or
+    ``"aot"``) goes to ``out`` (default ``run/firmware/<target>``). With
     ``idf`` (the idf.py script or the ESP-IDF folder) or ``idf.py`` on PATH,
     runs ``idf.py set-target`` (when the project is not configured for
     ``target`` yet) and ``idf.py build``, streaming their output, and adds

@@ -70,14 +70,20 @@ def test_export_writes_an_int8_model_with_static_shapes_and_its_report(exported,
     assert outp["shape"] == outp["shape_signature"] == [1, 5]
     ops = ops_in_model(tflite)
     assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(ops)
-    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "LOGISTIC"} <= set(ops)
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(ops)
+    # the sigmoid is cut off: the firmware outputs int8 logits, the host applies the sigmoid
+    assert "LOGISTIC" not in ops and result["tflite"]["output_kind"] == "logit"
+    assert "#define ECG_OUTPUT_IS_LOGIT 1" in (out / "model_config.h").read_text()
 
     saved = json.loads((out / "export.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["tflite"]["bytes"] == len(tflite) and saved["tflite"]["ops"] == ops
     parity = saved["parity"]
     assert parity["test_records"] == 126 == saved["test"]["records"]
-    assert parity["tflm_litert_identical_records"] == 126
+    # LiteRT's reference kernels are a cross-check of TFLite Micro: identical, or at most 1 LSB apart and listed
+    mismatches = parity["tflm_litert_mismatches"]
+    assert parity["tflm_litert_identical_records"] + len(mismatches) == 126
+    assert all(m["max_lsb"] <= parity["tflm_litert_tolerance_lsb"] == 1 for m in mismatches)
     assert parity["auc_drop"] == pytest.approx(parity["float_test_macro_auc"] - parity["int8_tflm_test_macro_auc"])
     lo, hi = saved["test"]["macro_auc_ci95"]
     assert lo <= saved["test"]["macro_auc"] <= hi
@@ -175,7 +181,8 @@ def test_generated_sources_compile_and_hold_the_exported_values(exported, tmp_pa
         c_name, c_t, c_q = line.split()
         assert c_name == name and np.float32(c_t) == np.float32(t)
         q = np.arange(-128, 128)
-        p = dequantize_output(q, scale, zp)
+        p = 1 / (1 + np.exp(-dequantize_output(q, scale, zp).astype(np.float64)))  # the outputs are logits
+        p = p.astype(np.float32)
         assert int(c_q) == (int(q[p >= np.float32(t)][0]) if (p >= np.float32(t)).any() else 128)
     std = json.loads((run / "standardization.json").read_text())
     for line, m, s in zip(lines[6:], std["mean"], std["std"]):
@@ -209,7 +216,7 @@ def test_arena_minimum_allocates_and_one_byte_less_does_not(exported):
         assert line in config
 
 
-def test_tflm_and_litert_reference_agree_bit_for_bit_on_real_records(exported, ptbxl):
+def test_tflm_and_litert_reference_agree_within_one_lsb_on_real_records(exported, ptbxl):
     run, _, files = exported
     from edge_ecg.data import split_folds
 
@@ -219,7 +226,9 @@ def test_tflm_and_litert_reference_agree_bit_for_bit_on_real_records(exported, p
     x = quantize_input(_standardized(run, val.select(np.arange(24))), inp["scale"], inp["zero_point"])
     a, b = tflm_run(tflite, x), litert_run(tflite, x)
     assert a.shape == (24, 5) and a.dtype == np.int8
-    np.testing.assert_array_equal(a, b)
+    # measured: the int8 logits of TFLM and LiteRT's BUILTIN_REF are equal or 1 LSB apart
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert np.mean(np.all(a == b, axis=1)) >= 0.75
 
 
 def test_quantize_and_dequantize_use_the_tensor_parameters():
@@ -324,7 +333,8 @@ def test_a_quantization_aware_model_from_compress_is_exported(exported, ptbxl, t
     assert result["model"] == "compress/final.h5" and result["quantization_aware"] is True
     assert result["tflite"]["input"]["dtype"] == result["tflite"]["output"]["dtype"] == "INT8"
     assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(result["tflite"]["ops"])
-    assert result["parity"]["tflm_litert_identical_records"] == result["parity"]["test_records"] == 126
+    parity = result["parity"]
+    assert parity["tflm_litert_identical_records"] + len(parity["tflm_litert_mismatches"]) == parity["test_records"] == 126
 
 
 # --------------------------------------------------------------------------- robust input calibration
@@ -387,3 +397,35 @@ def test_c_preprocessing_matches_python_on_real_records_with_clipping(trained_ru
     q = quantize_input(z, result["tflite"]["input"]["scale"], result["tflite"]["input"]["zero_point"])
     np.testing.assert_array_equal(c_out.reshape(q.shape), q)
     assert (np.abs(_standardized(trained_run, ptbxl.select(pick))) > 3.0).any()  # clipping really happened
+
+
+def test_export_cuts_the_sigmoid_so_the_int8_model_outputs_logits():
+    from edge_ecg.export.convert import deployable_model, output_probabilities
+    from edge_ecg.models import dscnn
+    from edge_ecg.tf import keras
+
+    model = dscnn(filters=(4, 8), strides=(4, 4))
+    logits, kind = deployable_model(model)
+    assert kind == "logit" and logits.layers[-1].name == "classifier"
+    x = np.random.default_rng(0).normal(size=(2, 1000, 12)).astype(np.float32)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits(x).numpy())), model(x).numpy(), rtol=1e-5)
+    inputs = keras.Input((1000, 12))
+    built_in = keras.Model(inputs, keras.layers.Dense(5, activation="sigmoid")(keras.layers.GlobalAveragePooling1D()(inputs)))
+    assert deployable_model(built_in) == (built_in, "probability")
+    q = np.array([[-128, 0, 127]], np.int8)
+    np.testing.assert_allclose(output_probabilities(q, 0.1, 0, "logit"), 1 / (1 + np.exp(-np.array([[-12.8, 0.0, 12.7]]))), rtol=1e-6)
+    np.testing.assert_allclose(output_probabilities(q, 1 / 256, -128, "probability"), [[0.0, 0.5, 255 / 256]])
+
+
+def test_weight_zero_fraction_counts_the_zeros_stored_in_the_file():
+    from edge_ecg.export.convert import weight_zero_fraction
+    from edge_ecg.tf import keras
+
+    inputs = keras.Input((100, 12))
+    dense = keras.layers.Dense(16)
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling1D()(inputs)))
+    kernel, bias = dense.get_weights()
+    kernel = np.where(np.arange(kernel.size).reshape(kernel.shape) % 4 == 0, 0.0, 1.0 + kernel).astype(np.float32)
+    dense.set_weights([kernel, bias])
+    tflite = to_int8_tflite(model, np.random.default_rng(1).normal(size=(8, 100, 12)).astype(np.float32))
+    assert weight_zero_fraction(tflite) == pytest.approx(0.25)

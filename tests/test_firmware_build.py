@@ -1,8 +1,10 @@
 """edge_ecg.firmware: rendering the ESP-IDF project, building with idf.py, flashing.
 
 ESP-IDF is not installed here, so the run's export/ is fabricated (small but
-well-formed generated files), idf.py is a stand-in script that answers like
-the real one, and serial ports are monkeypatched pyserial records.
+well-formed generated files; for the AOT runtime a tiny int8 flatbuffer built
+by hand and turned into C by the real generator), idf.py is a stand-in script
+that answers like the real one, and serial ports are monkeypatched pyserial
+records.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -81,6 +84,104 @@ def run(tmp_path) -> Path:
     return write_export(tmp_path / "runs" / "r1")
 
 
+@cache
+def aot_model_bytes() -> bytes:
+    """A real int8 flatbuffer matching write_export's model_config.h: MEAN over time, then FULLY_CONNECTED.
+
+    Input int8[1x1000x12] (scale 0.0392156877, zero point -3), output int8[1x5]
+    (scale 1/256, zero point -128); built with the schema's object API, no TensorFlow.
+    """
+    import flatbuffers
+    import numpy as np
+
+    from edge_ecg.aot.graph import schema
+
+    fb = schema()
+
+    def tensor(shape, kind, buffer, name, scale=None, zero_point=0):
+        t = fb.TensorT()
+        t.shape, t.type, t.buffer, t.name = list(shape), kind, buffer, name
+        if scale is not None:
+            t.quantization = fb.QuantizationParametersT()
+            t.quantization.scale, t.quantization.zeroPoint = [scale], [zero_point]
+        return t
+
+    def buffer(data: bytes = b""):
+        b = fb.BufferT()
+        b.data = list(data) or None
+        return b
+
+    def opcode(code):
+        c = fb.OperatorCodeT()
+        c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
+        return c
+
+    def operator(opcode_index, inputs, outputs, options_type, options):
+        op = fb.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = opcode_index, inputs, outputs
+        op.builtinOptionsType, op.builtinOptions = options_type, options
+        return op
+
+    rng = np.random.default_rng(0)
+    weights = rng.integers(-127, 128, (5, 12), dtype=np.int8)
+    bias = rng.integers(-2000, 2000, 5, dtype=np.int32)
+    model = fb.ModelT()
+    model.version = 3
+    model.buffers = [buffer(), buffer(np.int32(1).tobytes()), buffer(weights.tobytes()), buffer(bias.tobytes())]
+    model.operatorCodes = [opcode(fb.BuiltinOperator.MEAN), opcode(fb.BuiltinOperator.FULLY_CONNECTED)]
+    graph = fb.SubGraphT()
+    graph.tensors = [
+        tensor([1, 1000, 12], fb.TensorType.INT8, 0, b"input", 0.0392156877, -3),
+        tensor([1], fb.TensorType.INT32, 1, b"axis"),
+        tensor([1, 12], fb.TensorType.INT8, 0, b"mean", 0.0392156877, -3),
+        tensor([5, 12], fb.TensorType.INT8, 2, b"weights", 0.01, 0),
+        tensor([5], fb.TensorType.INT32, 3, b"bias", 0.0392156877 * 0.01, 0),
+        tensor([1, 5], fb.TensorType.INT8, 0, b"output", 0.00390625, -128),
+    ]
+    graph.operators = [
+        operator(0, [0, 1], [2], fb.BuiltinOptions.ReducerOptions, fb.ReducerOptionsT()),
+        operator(1, [2, 3, 4], [5], fb.BuiltinOptions.FullyConnectedOptions, fb.FullyConnectedOptionsT()),
+    ]
+    graph.inputs, graph.outputs = [0], [5]
+    model.subgraphs = [graph]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def write_aot_export(run: Path) -> Path:
+    """What `edge-ecg export --runtime aot` writes: the export plus export/aot/ecg_model.c/.h, from the generator."""
+    from edge_ecg.aot import generate
+
+    write_export(run, model=aot_model_bytes())
+    generate(aot_model_bytes(), run / "export" / fw.AOT_EXPORT_DIR)
+    return run
+
+
+@pytest.fixture
+def aot_run(tmp_path) -> Path:
+    return write_aot_export(tmp_path / "runs" / "aot")
+
+
+def _cmake_sources(main: Path, tmp_path: Path) -> list[str]:
+    """The SRCS that main/CMakeLists.txt registers, as ESP-IDF's early expansion runs it (cmake -P)."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    probe = tmp_path / "probe.cmake"
+    probe.write_text(
+        "set(IDF_VERSION_MAJOR 5)\nset(IDF_VERSION_MINOR 3)\n"
+        "macro(idf_component_register)\n"
+        '  cmake_parse_arguments(_ "" "" "SRCS;INCLUDE_DIRS;PRIV_REQUIRES" ${ARGN})\n'
+        '  foreach(s ${__SRCS})\n    message(STATUS "SRC ${s}")\n  endforeach()\n  return()\nendmacro()\n'
+        'include("${COMPONENT_DIR}/CMakeLists.txt")\n'
+    )
+    # cwd elsewhere: in script mode CMAKE_CURRENT_SOURCE_DIR is the working directory, not main/.
+    result = subprocess.run(["cmake", f"-DCOMPONENT_DIR={main}", "-P", str(probe)], capture_output=True, text=True,
+                            cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [line.split("SRC ", 1)[1].replace(f"{main}/", "") for line in result.stdout.splitlines() if "SRC " in line]
+
+
 @pytest.fixture
 def no_idf(monkeypatch):
     """ESP-IDF absent: no idf.py on PATH, whatever this machine has."""
@@ -104,8 +205,8 @@ def test_build_without_idf_renders_a_complete_project(run, no_idf, capsys):
         "CMakeLists.txt", "README.md", "build.json",
         "sdkconfig.defaults", "sdkconfig.defaults.esp32s3", "sdkconfig.defaults.esp32c3",
         "main/CMakeLists.txt", "main/idf_component.yml", "main/Kconfig.projbuild",
-        "main/main.cc", "main/th_esp32.cc", "main/th_esp32.h", "main/tflm_runner.cc", "main/tflm_runner.h",
-        "main/config/model_config.h",
+        "main/main.cc", "main/th_esp32.cc", "main/th_esp32.h", "main/tflm_runner.cc", "main/model_runner.h",
+        "main/ecg_runtime.cmake", "main/config/model_config.h",
         *(f"main/model/{name}" for name in fw.MODEL_SOURCES),
         *(f"main/core/{p.name}" for p in CORE.iterdir() if p.is_file()),
     }  # fmt: skip
@@ -179,6 +280,187 @@ def test_render_refuses_a_folder_it_did_not_make(run, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+# --------------------------------------------------------------------------- runtimes
+
+
+def test_aot_render_has_the_aot_model_and_no_tflite_micro(aot_run, no_idf, tmp_path):
+    result = fw.build(aot_run, "esp32s3", runtime="aot")
+    project = Path(result["project_dir"])
+    assert result["built"] is False and result["runtime"] == "aot" and result["esp_tflite_micro"] is None
+
+    model = {"model_config.h", "export.json", "ecg_model.c", "ecg_model.h"}
+    expected = {
+        "CMakeLists.txt", "README.md", "build.json",
+        "sdkconfig.defaults", "sdkconfig.defaults.esp32s3", "sdkconfig.defaults.esp32c3",
+        "main/CMakeLists.txt", "main/idf_component.yml", "main/Kconfig.projbuild", "main/ecg_runtime.cmake",
+        "main/main.cc", "main/th_esp32.cc", "main/th_esp32.h", "main/aot_runner.c", "main/model_runner.h",
+        "main/config/model_config.h",
+        *(f"main/model/{name}" for name in model),
+        *(f"main/core/{p.name}" for p in CORE.iterdir() if p.is_file()),
+    }  # fmt: skip
+    assert _files(project) == expected  # no tflm_runner.cc, model_data.cc, model_ops.h
+    export = aot_run / "export"
+    for name in model:
+        source = export / ("aot" if name.startswith("ecg_model") else "") / name
+        assert (project / "main" / "model" / name).read_bytes() == source.read_bytes(), name
+
+    manifest = (project / "main" / "idf_component.yml").read_text()
+    assert "tflite" not in manifest.lower() and not re.search(r"^\s*espressif/", manifest, re.M)
+    assert "runtime" not in manifest.split("dependencies:")[1]  # no marker lines left
+    assert re.search(r'^\s+idf:\n\s+version: ">=5\.1[^"]*"$', manifest, re.M)
+    assert (project / "main" / "ecg_runtime.cmake").read_text().endswith("set(ECG_RUNTIME aot)\n")
+    assert _cmake_sources(project / "main", tmp_path) == [
+        "main.cc", "th_esp32.cc", "aot_runner.c", "model/ecg_model.c",
+        *(f"core/{p.name}" for p in sorted(CORE.glob("*.c"))),
+    ]  # fmt: skip
+
+    record = json.loads((project / "build.json").read_text())
+    assert record["runtime"] == "aot" and record["model_sha256"] == hashlib.sha256(aot_model_bytes()).hexdigest()
+    assert fw._model_macros(export / "aot" / "ecg_model.h")["ECG_MODEL_ACTIVATION_BYTES"] == "12"
+    assert record["aot_activation_bytes"] == 12  # the MEAN's int8[1x12]
+    assert {entry["path"] for entry in record["files"]} == expected - {"build.json"}
+
+
+def test_tflm_render_keeps_tflite_micro(run, no_idf, tmp_path):
+    project = Path(fw.render(run, "esp32", runtime="tflm")["project_dir"])
+    manifest = (project / "main" / "idf_component.yml").read_text()
+    template = (TEMPLATE / "main" / "idf_component.yml").read_text()
+    # The template less its marker lines: the pinned esp-tflite-micro stays, with its comments.
+    markers = re.compile(r"\s*# (if runtime == tflm|endif runtime)$")
+    assert manifest == "".join(line for line in template.splitlines(keepends=True) if not markers.match(line))
+    assert f'espressif/esp-tflite-micro: "=={fw.esp_tflite_micro_version()}"' in manifest
+    assert not (project / "main" / "aot_runner.c").exists()
+    assert not (project / "main" / "model" / "ecg_model.c").exists()
+    assert (project / "main" / "ecg_runtime.cmake").read_text().endswith("set(ECG_RUNTIME tflm)\n")
+    assert _cmake_sources(project / "main", tmp_path)[:4] == ["main.cc", "th_esp32.cc", "tflm_runner.cc",
+                                                              "model/model_data.cc"]  # fmt: skip
+
+
+def test_switching_runtime_replaces_the_runner_and_the_dependencies(aot_run, no_idf):
+    project = Path(fw.render(aot_run, "esp32c3")["project_dir"])
+    (project / "managed_components" / "espressif__esp-tflite-micro").mkdir(parents=True)
+    (project / "dependencies.lock").write_text("dependencies: {}\n")
+    (project / "sdkconfig").write_text('CONFIG_IDF_TARGET="esp32c3"\n')
+
+    result = fw.render(aot_run, "esp32c3", runtime="aot")
+    assert result["dependencies_reset"] is True and result["sdkconfig_reset"] is False
+    assert not (project / "managed_components").exists() and not (project / "dependencies.lock").exists()
+    assert (project / "sdkconfig").is_file()
+    assert not (project / "main" / "tflm_runner.cc").exists() and (project / "main" / "aot_runner.c").is_file()
+    assert not (project / "main" / "model" / "model_ops.h").exists()
+    assert fw.render(aot_run, "esp32c3", runtime="aot")["dependencies_reset"] is False
+
+
+def test_aot_runner_compiles_and_runs_the_model_on_the_host(aot_run, no_idf, tmp_path):
+    """aot_runner.c in strict C99 against the core's th_hooks.h and the generated headers; then linked
+    with the generated ecg_model.c and a driver that plays the core: the hooks' contract."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    main = Path(fw.render(aot_run, "esp32", runtime="aot")["project_dir"]) / "main"
+    flags = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-DEE_HAVE_MODEL_CONFIG=1"]
+    includes = [f"-I{main / d}" for d in ("config", "core", "model", ".")]
+    syntax = subprocess.run(["gcc", *flags, *includes, "-fsyntax-only", str(main / "aot_runner.c")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert syntax.returncode == 0, syntax.stderr
+
+    driver = tmp_path / "driver.c"
+    driver.write_text(r"""
+#include <stdio.h>
+#include <string.h>
+#include "ecg_model.h"
+#include "model_runner.h"
+#include "th_hooks.h"
+int main(void) {
+    size_t n = 1, m = 1;
+    int8_t expected[ECG_MODEL_OUTPUT_SIZE];
+    static int8_t copy[ECG_MODEL_INPUT_SIZE];
+    if (th_input_tensor(&n) != NULL || n != 0 || th_output_tensor(&m) != NULL || m != 0) return 2;
+    if (th_model_invoke() != -1) return 3;
+    if (th_model_init() != 0 || th_model_init() != 0 || model_runner_error()[0] != '\0') return 4;
+    int8_t *input = th_input_tensor(&n);
+    for (size_t i = 0; i < n; ++i) input[i] = (int8_t)((i * 37u + i / 12u) % 256u - 128);
+    memcpy(copy, input, n);
+    if (th_model_invoke() != 0) return 5;
+    const int8_t *output = th_output_tensor(&m);
+    if (ecg_model_invoke(copy, expected) != ECG_MODEL_OK || memcmp(output, expected, m) != 0) return 6;
+    th_quant_params_t in = th_input_quant(), out = th_output_quant();
+    printf("%s %zu %zu %zu %zu %.9g %d %.9g %d\n", model_runner_name(), n, m, model_runner_arena_bytes(),
+           model_runner_arena_used_bytes(), (double)in.scale, (int)in.zero_point, (double)out.scale,
+           (int)out.zero_point);
+    return 0;
+}
+""")
+    binary = tmp_path / "aot_driver"
+    built = subprocess.run(["gcc", *flags, *includes, str(main / "aot_runner.c"), str(main / "model" / "ecg_model.c"),
+                            str(driver), "-o", str(binary)], capture_output=True, text=True)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([str(binary)], capture_output=True, text=True)
+    assert ran.returncode == 0, ran
+    # Sizes from ecg_model.h; arena = used = ECG_MODEL_ACTIVATION_BYTES; quantization from model_config.h.
+    assert ran.stdout.split() == ["aot", "12000", "5", "12", "12", "0.0392156877", "-3", "0.00390625", "-128"]
+
+
+def test_aot_runner_refuses_a_model_config_of_another_model(aot_run, no_idf, tmp_path):
+    """Integer facts are checked when compiling, so a stale pair never reaches the board."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    main = Path(fw.render(aot_run, "esp32", runtime="aot")["project_dir"]) / "main"
+    config = main / "model" / "model_config.h"
+    config.write_text(config.read_text().replace("#define ECG_NUM_CLASSES 5", "#define ECG_NUM_CLASSES 4"))
+    result = subprocess.run(["gcc", "-std=c99", "-DEE_HAVE_MODEL_CONFIG=1", "-fsyntax-only",
+                             *(f"-I{main / d}" for d in ("config", "core", "model", ".")), str(main / "aot_runner.c")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode != 0 and "ECG_MODEL_OUTPUT_SIZE differs" in result.stderr
+
+
+@pytest.mark.parametrize("missing", ["aot/ecg_model.c", "aot/ecg_model.h", "model_config.h"])
+def test_aot_without_the_aot_export(aot_run, missing):
+    (aot_run / "export" / missing).unlink()
+    with pytest.raises(fw.MissingExportError) as err:
+        fw.build(aot_run, runtime="aot")
+    assert str(aot_run / "export" / missing) in str(err.value)
+    assert f"run `edge-ecg export --run {aot_run} --runtime aot` first" in str(err.value)
+
+
+def test_aot_of_a_tflm_only_export(run):
+    """A plain export has no aot/; the tflm files it has are not needed."""
+    with pytest.raises(fw.MissingExportError, match=r"aot/ecg_model\.c is missing: run `edge-ecg export --run .* "
+                                                    r"--runtime aot` first"):  # fmt: skip
+        fw.render(run, runtime="aot")
+    write_aot_export(run)
+    (run / "export" / "model_ops.h").unlink()
+    fw.render(run, runtime="aot")
+
+
+def test_aot_model_of_another_model(aot_run):
+    """export/aot/ left from an earlier `--runtime aot` export of another model."""
+    write_export(aot_run, model=aot_model_bytes() + b"\0")
+    with pytest.raises(fw.MissingExportError, match=r"ecg_model\.h is for another model.*--runtime aot` again"):
+        fw.render(aot_run, runtime="aot")
+
+
+def test_aot_header_without_a_macro_the_runner_needs(aot_run):
+    header = aot_run / "export" / "aot" / "ecg_model.h"
+    header.write_text(header.read_text().replace("#define ECG_MODEL_ACTIVATION_BYTES", "#define ECG_MODEL_ACT"))
+    with pytest.raises(fw.MissingExportError, match="does not define ECG_MODEL_ACTIVATION_BYTES"):
+        fw.render(aot_run, runtime="aot")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a\n# if runtime == aot\nb\n", "has no `# endif runtime`"),
+        ("# endif runtime\n", "closes no"),
+        ("# if runtime == tflm\n# if runtime == aot\n", "inside another block"),
+        ("# if runtime == tvm\n# endif runtime\n", "names no runtime"),
+    ],
+)
+def test_runtime_blocks_of_a_template_file(text, message):
+    assert fw._for_runtime("a\n  # if runtime == aot\nb\n  # endif runtime\nc\n", "tflm", Path("x")) == "a\nc\n"
+    with pytest.raises(fw.FirmwareError, match=message):
+        fw._for_runtime(text, "tflm", Path("x"))
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -193,9 +475,10 @@ def test_unknown_target_suggests_the_closest(run, target, suggestion):
         fw.flash(run, "esp32s33")
 
 
-def test_unknown_runtime(run):
-    with pytest.raises(fw.UnknownTargetError, match="did you mean 'tflm'"):
-        fw.build(run, runtime="tflmm")
+@pytest.mark.parametrize(("runtime", "suggestion"), [("tflmm", "tflm"), ("AOT", "aot"), ("aott", "aot")])
+def test_unknown_runtime(run, runtime, suggestion):
+    with pytest.raises(fw.UnknownTargetError, match=f"unknown runtime '{runtime}'; did you mean '{suggestion}'"):
+        fw.build(run, runtime=runtime)
 
 
 @pytest.mark.parametrize("missing", ["model_ops.h", "model_int8.tflite", "model_config.h"])
@@ -272,23 +555,30 @@ def test_cmake_files():
     top = (TEMPLATE / "CMakeLists.txt").read_text().splitlines()
     assert len(top) == 3 and top[1] == "include($ENV{IDF_PATH}/tools/cmake/project.cmake)"
     main = (TEMPLATE / "main" / "CMakeLists.txt").read_text()
-    for source in ("main.cc", "th_esp32.cc", "tflm_runner.cc", "model/model_data.cc", "core/*.c"):
+    for source in ("main.cc", "th_esp32.cc", "tflm_runner.cc", "model/model_data.cc", "aot_runner.c",
+                   "model/ecg_model.c", "core/*.c", "ecg_runtime.cmake"):  # fmt: skip
         assert source in main, source
+    # ESP-IDF's early expansion runs this file as a script, where only COMPONENT_DIR points to main/.
+    assert "CMAKE_CURRENT_SOURCE_DIR" not in re.sub(r"#.*", "", main)
     # config/model_config.h must shadow the generated model/model_config.h.
     assert re.search(r'INCLUDE_DIRS "config" "core" "model"', main)
     assert "EE_HAVE_MODEL_CONFIG=1" in main
 
 
 def test_port_reads_only_macros_that_build_checks_for():
-    """The ECG_* names the C++ port uses are exactly those build() requires of an export."""
-    used = set()
-    for path in [*(TEMPLATE / "main").glob("*.cc"), TEMPLATE / "main" / "config" / "model_config.h"]:
-        used |= set(re.findall(r"\bECG_[A-Z0-9_]+\b", path.read_text()))
+    """The ECG_* names the port uses are exactly those build() requires of an export."""
+
+    def names(*paths: Path) -> set[str]:
+        return set().union(*(re.findall(r"\bECG_[A-Z0-9_]+\b", path.read_text()) for path in paths))
+
     port_own = set(re.findall(r"^\s*config (ECG_\w+)", (TEMPLATE / "main" / "Kconfig.projbuild").read_text(), re.M))
     port_own |= set(re.findall(r"#define (ECG_\w+)", (TEMPLATE / "main" / "th_esp32.h").read_text()))
     assert "ECG_ARENA_INTERNAL_FIRST" in port_own and "ECG_ESP32_PORT_VERSION" in port_own
-    used -= port_own
+    used = names(*(TEMPLATE / "main").glob("*.cc"), TEMPLATE / "main" / "config" / "model_config.h") - port_own
     assert used == set(fw.REQUIRED_MODEL_MACROS)
+    # aot_runner.c: every macro of ecg_model.h that build() checks for, and model_config.h's.
+    used_by_aot = names(TEMPLATE / "main" / "aot_runner.c") - port_own
+    assert set(fw.REQUIRED_AOT_MACROS) <= used_by_aot <= set(fw.REQUIRED_MODEL_MACROS) | set(fw.REQUIRED_AOT_MACROS)
 
 
 def test_core_compiles_with_the_projects_include_layout(run, no_idf, tmp_path):

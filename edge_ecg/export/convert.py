@@ -331,6 +331,37 @@ def ops_in_model(tflite_bytes: bytes) -> list[str]:
     return sorted(names)
 
 
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def weight_zero_fraction(tflite_bytes: bytes) -> float:
+    """Fraction of exactly-zero int8 weights over the filters of every conv and dense op.
+
+    What magnitude pruning leaves in the file: the zeros are stored like any other
+    value, so they shrink the .tflite only once compressed (gzip), never in flash.
+    """
+    model = _root(tflite_bytes)
+    zeros = total = 0
+    seen: set[int] = set()
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            if _op_name(model, op.OpcodeIndex()) not in WEIGHTED_OPS or op.InputsLength() < 2:
+                continue
+            tensor = graph.Tensors(op.Inputs(1))
+            if tensor.Buffer() in seen:
+                continue
+            seen.add(tensor.Buffer())
+            data = model.Buffers(tensor.Buffer()).DataAsNumpy()
+            if isinstance(data, int):  # no data: not a constant filter
+                continue
+            values = np.frombuffer(data.tobytes(), np.int8)
+            zeros += int((values == 0).sum())
+            total += values.size
+    return zeros / total if total else 0.0
+
+
 def _tensor_info(graph, index: int) -> dict:
     schema = _schema()
     t = graph.Tensors(index)

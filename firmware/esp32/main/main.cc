@@ -8,9 +8,9 @@
 #include "sdkconfig.h"
 
 #include "ee_core.h"
+#include "model_runner.h"
 #include "th_esp32.h"
 #include "th_hooks.h"
-#include "tflm_runner.h"
 
 namespace {
 
@@ -24,13 +24,14 @@ constexpr uint32_t kIdlePollMs = 10;
 void print_boot_line() {
     char line[256];
     const int length =
-        tflm_runner_error()[0] == '\0'
+        model_runner_error()[0] == '\0'
             ? snprintf(line, sizeof line, "# %s on %s at %u MHz: model ready, arena %u B in %s, %u B used\r\n",
                        esp32_firmware_version(), CONFIG_IDF_TARGET,
-                       static_cast<unsigned>(esp32_cpu_hz() / 1000000u), static_cast<unsigned>(tflm_arena_bytes()),
-                       tflm_arena_memory(), static_cast<unsigned>(tflm_arena_used_bytes()))
+                       static_cast<unsigned>(esp32_cpu_hz() / 1000000u),
+                       static_cast<unsigned>(model_runner_arena_bytes()), model_runner_arena_memory(),
+                       static_cast<unsigned>(model_runner_arena_used_bytes()))
             : snprintf(line, sizeof line, "# %s on %s: model init failed: %s\r\n", esp32_firmware_version(),
-                       CONFIG_IDF_TARGET, tflm_runner_error());
+                       CONFIG_IDF_TARGET, model_runner_error());
     if (length > 0) {
         th_serial_write(line, static_cast<size_t>(length) < sizeof line ? static_cast<size_t>(length)
                                                                          : sizeof line - 1);
@@ -42,7 +43,7 @@ void setup() {
     // The model is set up before the core starts, so that its result can go
     // into the boot line; ee_core_init() then gets the same result from
     // th_model_init() and prints the protocol's banner.
-    tflm_runner_init();
+    model_runner_init();
     print_boot_line();
     ee_core_init();
 }

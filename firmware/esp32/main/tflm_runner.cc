@@ -21,8 +21,8 @@
 #include "model_config.h"
 #include "model_data.h"
 #include "model_ops.h"
+#include "model_runner.h"
 #include "th_hooks.h"
-#include "tflm_runner.h"
 
 namespace {
 
@@ -115,7 +115,7 @@ int check_tensors() {
 
 }  // namespace
 
-int tflm_runner_init() {
+int model_runner_init(void) {
     if (g_state != InitState::kNotRun) {
         return g_state == InitState::kReady ? 0 : -1;
     }
@@ -153,19 +153,21 @@ int tflm_runner_init() {
     return 0;
 }
 
-const char *tflm_runner_error() { return g_error; }
+const char *model_runner_error(void) { return g_error; }
 
-size_t tflm_arena_bytes() { return g_arena != nullptr ? kArenaBytes : 0; }
+const char *model_runner_name(void) { return "tflm"; }
 
-size_t tflm_arena_used_bytes() {
+size_t model_runner_arena_bytes(void) { return g_arena != nullptr ? kArenaBytes : 0; }
+
+size_t model_runner_arena_used_bytes(void) {
     return g_state == InitState::kReady ? g_interpreter->arena_used_bytes() : 0;
 }
 
-const char *tflm_arena_memory() { return g_arena_memory; }
+const char *model_runner_arena_memory(void) { return g_arena_memory; }
 
 /* ---- th_hooks.h: the model ------------------------------------------------- */
 
-int th_model_init(void) { return tflm_runner_init(); }
+int th_model_init(void) { return model_runner_init(); }
 
 int th_model_invoke(void) {
     if (g_state != InitState::kReady) {

@@ -1,7 +1,8 @@
 /*
  * th_esp32.cc - the platform hooks of the ESP32 port (th_hooks.h): the
  * benchmark UART, the microsecond clock and the target facts of `info%`.
- * The model hooks are in tflm_runner.cc.
+ * The model hooks are in the runner (model_runner.h): tflm_runner.cc or
+ * aot_runner.c, whichever main/CMakeLists.txt compiles.
  *
  * The protocol owns the benchmark UART (UART0 by default, the dev board's
  * USB-UART bridge) at 921600 baud: sdkconfig.defaults keeps the ESP-IDF
@@ -18,9 +19,9 @@
 #include "soc/uart_pins.h"
 
 #include "model_config.h"
+#include "model_runner.h"
 #include "th_esp32.h"
 #include "th_hooks.h"
-#include "tflm_runner.h"
 
 namespace {
 
@@ -86,8 +87,10 @@ uint32_t measure_cpu_hz() {
 void esp32_port_init() {
     install_bench_uart();
     g_cpu_hz = measure_cpu_hz();
-    snprintf(g_firmware_version, sizeof g_firmware_version, "edge-ecg-esp32/%s ESP-IDF v%d.%d.%d",
-             ECG_ESP32_PORT_VERSION, ESP_IDF_VERSION_MAJOR, ESP_IDF_VERSION_MINOR, ESP_IDF_VERSION_PATCH);
+    // "+tflm" or "+aot": `info%` tells a host which runtime produced its numbers.
+    snprintf(g_firmware_version, sizeof g_firmware_version, "edge-ecg-esp32/%s+%s ESP-IDF v%d.%d.%d",
+             ECG_ESP32_PORT_VERSION, model_runner_name(), ESP_IDF_VERSION_MAJOR, ESP_IDF_VERSION_MINOR,
+             ESP_IDF_VERSION_PATCH);
 }
 
 size_t esp32_port_read(uint8_t *bytes, size_t capacity, uint32_t timeout_ms) {
@@ -138,6 +141,6 @@ void th_target_info(th_target_info_t *info) {
     info->firmware_version = g_firmware_version;
     info->model_hash = ECG_MODEL_SHA256;
     info->cpu_hz = g_cpu_hz;
-    info->arena_bytes = static_cast<uint32_t>(tflm_arena_bytes());
-    info->arena_used_bytes = static_cast<uint32_t>(tflm_arena_used_bytes());
+    info->arena_bytes = static_cast<uint32_t>(model_runner_arena_bytes());
+    info->arena_used_bytes = static_cast<uint32_t>(model_runner_arena_used_bytes());
 }

@@ -21,7 +21,7 @@ size_t esp32_port_read(uint8_t *bytes, size_t capacity, uint32_t timeout_ms);
 /* CPU clock in Hz, measured with the cycle counter at esp32_port_init(). */
 uint32_t esp32_cpu_hz();
 
-/* "edge-ecg-esp32/<port version> ESP-IDF v<x.y.z>". */
+/* "edge-ecg-esp32/<port version>+<runtime> ESP-IDF v<x.y.z>", runtime tflm or aot. */
 const char *esp32_firmware_version();
 
 #endif /* TH_ESP32_H */
