@@ -387,7 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="DIR", help="run folder with an export/")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0")
-    where.add_argument("--emulator", nargs="?", const="tflm", choices=("tflm",), help="the TFLite Micro host emulator")
+    where.add_argument("--emulator", nargs="?", const="tflm", choices=("tflm", "board", "qemu"),
+                       help="tflm (default): TFLite Micro in process; board: the host port with the AOT model on a "
+                            "pseudo-terminal; qemu: the Cortex-M4 firmware in QEMU (instruction-counted); board and qemu "
+                            "need `export --runtime aot`")
     p.add_argument("--baud", type=int, default=921600, help="(default: 921600)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N test records")
     p.add_argument("--resume", action="store_true", help="continue an interrupted benchmark")

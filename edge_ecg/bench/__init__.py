@@ -28,6 +28,9 @@ from edge_ecg.bench.session import DeviceSession, RecordOutcome
 __all__ = ["BenchError", "DeviceSession", "RecordOutcome", "bench", "test_records"]
 
 
+EMULATORS = ("tflm", "board", "qemu")
+
+
 def _export(run: Path) -> dict:
     path = run / "export" / "export.json"
     if not path.is_file():
@@ -107,7 +110,10 @@ def bench(
     """Send the run's test-fold records to a device (``port`` or ``connect``) or the emulator; return the summary.
 
     ``emulator="tflm"`` runs the records through the TFLite Micro interpreter in
-    process. A device must report the exported model's hash (``info%``), or nothing
+    process; ``"board"`` (the host port with the AOT model, a virtual board) and
+    ``"qemu"`` (the mps2-an386 Cortex-M4 firmware in QEMU, timestamps counting
+    instructions) take the serial path a real board takes; both need
+    ``export --runtime aot``. A device must report the exported model's hash (``info%``), or nothing
     is compared. Results go to ``run/bench/<backend>.jsonl`` as they arrive;
     ``resume`` continues an interrupted benchmark.
     """
@@ -117,30 +123,46 @@ def bench(
     if sum(x is not None for x in (port, emulator, connect)) != 1:
         raise BenchError("choose one of --port PORT or --emulator")
     records, labels = test_records(run, limit=limit, dataset=dataset)
-    session = None
-    if emulator is not None:
-        if emulator != "tflm":
-            raise BenchError(f"--emulator {emulator!r} is not available; use --emulator tflm")
+    session = board = None
+    if emulator is not None and emulator not in EMULATORS:
+        raise BenchError(f"--emulator {emulator!r} is not one of {', '.join(EMULATORS)}")
+    if emulator in ("board", "qemu"):
+        from edge_ecg.bench import boards
+
+        workdir = run / "bench" / f"{emulator}-build"
+        board = boards.virtual_board_connect(run, workdir) if emulator == "board" else boards.qemu_connect(run, workdir)
+        connect = board
+    if emulator == "tflm":
         backend, run_one, info = "emulator-tflm", _tflm_backend(run, exported), {"target": "host TFLite Micro (tflite_micro)"}
     else:
         session = DeviceSession(connect or _serial_connect(port, baud), timeout=timeout, retries=retries, warmup=warmup, load=load)
-        info = session.open()
+        try:
+            info = session.open()
+        except BaseException:
+            if board is not None:
+                board.close()
+            raise
         if info.get("model_hash") != model_hash:
             session.close()
+            if board is not None:
+                board.close()
             raise BenchError(
                 f"the device runs model {info.get('model_hash')!r}, this run exported {model_hash}; flash this run's "
                 "firmware (`edge-ecg build` then `edge-ecg flash`) — outputs of another model are never compared"
             )
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", port or info.get("target", "device")).strip("_")
-        backend, run_one = f"serial-{name}", session.run
+        backend, run_one = (f"emulator-{emulator}" if emulator else f"serial-{name}"), session.run
+    clock = {"tflm": "host perf_counter", "qemu": "QEMU -icount shift=0: 1 us = 1000 guest instructions"}
     header = {"backend": backend, "model_hash": model_hash, "device": info, "records": len(records),
-              "latency_clock": "host perf_counter" if emulator else "device timestamps (m-lap-us)"}
+              "latency_clock": clock.get(emulator, "device timestamps (m-lap-us)")}
     out = run / "bench"
     try:
         rows = run_records(run_one, records, out / f"{backend}.jsonl", header, resume=resume, progress=progress)
     finally:
         if session is not None:
             session.close()
+        if board is not None:
+            board.close()
     reference = dict(zip(np.load(run / "export" / "test_ecg_ids.npy").tolist(), np.load(run / "export" / "test_int8_outputs.npy").tolist()))
     out_q = exported["tflite"]["output"]
     summary = summarize(rows, reference=reference, labels=labels, output_scale=out_q["scale"],
@@ -155,7 +177,10 @@ def format_summary(summary: dict) -> str:
     lat = summary["latency"]
     lines = [f"{summary['backend']}: {summary['ok']}/{summary['records']} records ok, {len(summary['failed'])} failed, "
              f"{summary['retried']} retried, {summary['resets']} device resets"]
-    if lat.get("records"):
+    if lat.get("records") and summary["backend"] == "emulator-qemu":  # QEMU's clock counts instructions (-icount)
+        lines.append(f"Cortex-M4 instructions per inference (QEMU icount): median {lat['median_us'] * 1000:,.0f}, "
+                     f"min {lat['min_us'] * 1000:,.0f}, max {lat['max_us'] * 1000:,.0f}")
+    elif lat.get("records"):
         lines.append(f"latency per inference: median {lat['median_us'] / 1000:.3f} ms, p90 {lat['p90_us'] / 1000:.3f} ms, "
                      f"min {lat['min_us'] / 1000:.3f} ms, max {lat['max_us'] / 1000:.3f} ms")
     if summary.get("macro_auc") is not None:

@@ -41,7 +41,7 @@ import subprocess
 import termios
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from edge_ecg.bench.protocol import EE_MSG_READY, DutClient, FdTransport, elapsed_us
 
@@ -322,13 +322,15 @@ class BoardConnector:
         self.artifact = artifact
         """The executable or ELF that runs on the board."""
         self.transport: BoardTransport | None = None
+        self.process: subprocess.Popen | None = None
+        """The board process started last (stopped or not)."""
         self.starts = 0
         atexit.register(self.close)
 
     def __call__(self) -> BoardTransport:
         self.close_process()
         master, slave = _raw_pty()
-        stderr = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        stderr = open(self.log, "wb") if self.log else subprocess.DEVNULL  # this process only
         try:
             process = subprocess.Popen(self.argv, stdin=slave, stdout=slave, stderr=stderr, close_fds=True,
                                        start_new_session=True)
@@ -340,7 +342,7 @@ class BoardConnector:
             if stderr is not subprocess.DEVNULL:
                 stderr.close()
         transport = BoardTransport(process, master, name=self.name, log=self.log)
-        self.transport = transport
+        self.transport, self.process = transport, process
         self.starts += 1
         try:
             transport.wait_for_banner(self.boot_timeout)

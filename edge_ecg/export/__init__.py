@@ -235,6 +235,7 @@ def export(
         t_in, t_out = trial["io"]["inputs"][0], trial["io"]["outputs"][0]
         y = y_test_q if clip == chosen else tflm_run(trial["tflite"], quantize_input(clip_inputs(x_test, clip), t_in["scale"], t_in["zero_point"]))
         p = output_probabilities(y, t_out["scale"], t_out["zero_point"], output_kind)
+        trial["test_probs"] = p
         trial["row"]["test_int8_macro_auc"] = macro_auc(split.test.labels, p)
         trial["row"]["test_mean_abs_diff"] = float(np.mean(np.abs(p - p_test_float)))
         trial["row"]["test_max_abs_diff"] = float(np.max(np.abs(p - p_test_float)))
@@ -295,6 +296,9 @@ def export(
         thresholds_note=thresholds_note,
     )
     np.save(out_dir / "test_int8_outputs.npy", y_test_q)
+    (out_dir / "calibration").mkdir(exist_ok=True)
+    for clip, trial in trials.items():  # each clipping level's test probabilities, for pooled comparisons
+        np.save(out_dir / "calibration" / f"test_probs_clip-{'off' if clip is None else f'{clip:g}'}.npy", trial["test_probs"])
     np.save(out_dir / "test_ecg_ids.npy", split.test.ecg_ids.astype(np.int64))
 
     try:

@@ -8,11 +8,16 @@
  *     ecg_host --fail-init | --fail-invoke
  *                                make a model hook fail, to test error paths
  *
- * THE MODEL IS A CHECKSUM RUNNER, FOR TRANSPORT TESTS ONLY. It never runs the
- * ECG network and its outputs mean nothing medically: each of the five int8
- * outputs is a position-weighted hash of the input bytes (see
- * checksum_runner_invoke), so a host can recompute them and prove that every
- * byte arrived intact and in its place. Never use it to measure accuracy.
+ * This file holds the platform side only (serial, clock, main loop). The
+ * model hooks are chosen at build time:
+ *
+ *   - by default (main.c and the core's .c files, nothing else) the CHECKSUM
+ *     RUNNER of checksum_model.c, included below: a transport test whose
+ *     outputs are a hash of the input bytes, never the ECG network;
+ *   - with -DEE_HOST_MODEL_SEPARATE=1 another translation unit supplies them,
+ *     e.g. aot_model.c, the real ahead-of-time C model (the "virtual board").
+ *
+ * See README.md for both build commands.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -26,7 +31,14 @@
 #include <unistd.h>
 
 #include "ee_core.h"
+#include "port_model.h"
 #include "th_hooks.h"
+
+/* The checksum runner is the default model: the single-command build of
+ * README.md (main.c + core) stays what it always was. */
+#if !defined(EE_HOST_MODEL_SEPARATE) || !EE_HOST_MODEL_SEPARATE
+#include "checksum_model.c"
+#endif
 
 /* How often ee_core_poll() runs while no byte arrives. */
 #define IDLE_POLL_MS 10
@@ -35,11 +47,8 @@ static int g_in_fd = STDIN_FILENO;
 static int g_out_fd = STDOUT_FILENO;
 static struct timespec g_start_time;
 
-static int g_fail_init = 0;
-static int g_fail_invoke = 0;
-
-static int8_t g_input_tensor[EE_INPUT_SAMPLES * EE_INPUT_LEADS];
-static int8_t g_output_tensor[EE_OUTPUT_COUNT];
+int ee_port_fail_init = 0;
+int ee_port_fail_invoke = 0;
 
 /* ---- Serial and time ------------------------------------------------------ */
 
@@ -65,75 +74,6 @@ uint32_t th_timestamp_us(void) {
     us = (long long)(now.tv_sec - g_start_time.tv_sec) * 1000000LL +
          (now.tv_nsec - g_start_time.tv_nsec) / 1000L;
     return (uint32_t)us;
-}
-
-/* ---- The checksum runner ("model") --------------------------------------- */
-
-/* Output k hashes the input bytes at positions i = k, k+5, k+10, ... in
- * order, each weighted by its position: h = h*31 + (byte+1)*(i+1) mod 2^32,
- * then folded to 8 bits. A changed, lost or moved byte changes the outputs.
- * edge_ecg/bench/protocol.py (checksum_runner_outputs) computes the same. */
-static void checksum_runner_invoke(void) {
-    const uint8_t *bytes = (const uint8_t *)g_input_tensor;
-    const size_t n = sizeof g_input_tensor;
-    size_t k;
-    for (k = 0; k < EE_OUTPUT_COUNT; ++k) {
-        uint32_t h = 0;
-        size_t i;
-        for (i = k; i < n; i += EE_OUTPUT_COUNT) {
-            h = h * 31u + ((uint32_t)bytes[i] + 1u) * (uint32_t)(i + 1u);
-        }
-        {
-            /* Fold to a byte and read it as two's complement. */
-            const int folded = (int)((h ^ (h >> 8) ^ (h >> 16) ^ (h >> 24)) & 0xFFu);
-            g_output_tensor[k] = (int8_t)(folded >= 128 ? folded - 256 : folded);
-        }
-    }
-}
-
-int th_model_init(void) {
-    memset(g_input_tensor, 0, sizeof g_input_tensor);
-    memset(g_output_tensor, 0, sizeof g_output_tensor);
-    return g_fail_init ? -1 : 0;
-}
-
-int th_model_invoke(void) {
-    if (g_fail_invoke) {
-        return -1;
-    }
-    checksum_runner_invoke();
-    return 0;
-}
-
-int8_t *th_input_tensor(size_t *size_bytes) {
-    *size_bytes = sizeof g_input_tensor;
-    return g_input_tensor;
-}
-
-const int8_t *th_output_tensor(size_t *count) {
-    *count = EE_OUTPUT_COUNT;
-    return g_output_tensor;
-}
-
-th_quant_params_t th_input_quant(void) {
-    /* Placeholder values of plausible size; the runner ignores them. */
-    th_quant_params_t q = {1.0f / 32.0f, 0};
-    return q;
-}
-
-th_quant_params_t th_output_quant(void) {
-    /* Softmax-style outputs: [0, 1) in steps of 1/256. */
-    th_quant_params_t q = {1.0f / 256.0f, -128};
-    return q;
-}
-
-void th_target_info(th_target_info_t *info) {
-    info->target_name = "host-checksum";
-    info->firmware_version = "host-" EE_CORE_VERSION;
-    info->model_hash = "checksum-runner";
-    info->cpu_hz = 0;
-    info->arena_bytes = 0;
-    info->arena_used_bytes = 0;
 }
 
 /* ---- Terminal set-up and main loop ---------------------------------------- */
@@ -173,7 +113,7 @@ static void restore_terminal(int fd) {
 static int usage(const char *program) {
     fprintf(stderr, "usage: %s [--interactive] [--fail-init] [--fail-invoke] [DEVICE]\n", program);
     fprintf(stderr, "Serve the edge-ecg benchmark protocol on stdin/stdout or DEVICE.\n");
-    fprintf(stderr, "The model is a checksum runner for transport tests only.\n");
+    fprintf(stderr, "Model: %s.\n", ee_host_model_description);
     return 2;
 }
 
@@ -187,9 +127,9 @@ int main(int argc, char **argv) {
         if (strcmp(argv[i], "--interactive") == 0) {
             interactive = 1;
         } else if (strcmp(argv[i], "--fail-init") == 0) {
-            g_fail_init = 1;
+            ee_port_fail_init = 1;
         } else if (strcmp(argv[i], "--fail-invoke") == 0) {
-            g_fail_invoke = 1;
+            ee_port_fail_invoke = 1;
         } else if (argv[i][0] == '-' || device != NULL) {
             return usage(argv[0]);
         } else {

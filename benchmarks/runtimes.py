@@ -1,0 +1,224 @@
+"""TFLite Micro vs the ahead-of-time C runtime on the same int8 model, side by side.
+
+    python benchmarks/runtimes.py --run runs/dscnn [--records 20] [--repeats 5] [--out FILE] [--no-qemu]
+
+The run must be exported with ``edge-ecg export --run RUN --runtime aot``. For the
+run's ``export/model_int8.tflite`` and its generated ``export/aot/`` C model:
+
+* **host time per inference**: TFLite Micro through ``tflite_micro`` in process vs
+  the AOT C model as a host shared library (``edge_ecg.aot.build_shared_library``,
+  called through ctypes on preallocated buffers), interleaved record by record
+  (the order alternating each round), median over records x rounds; the int8
+  outputs of the two are compared on every record;
+* **RAM**: TFLite Micro's tensor arena as measured by the export (to the byte on the
+  64-bit host, and the recommended size for a 32-bit target) vs the AOT activation
+  buffer plus the model's stack from ``-fstack-usage`` (Cortex-M4 build);
+* **model flash**: the .tflite flatbuffer (which the firmware embeds as a C array;
+  the TFLite Micro library's code comes on top) vs the AOT object's .rodata (and
+  .text, its kernels) from ``arm-none-eabi-size`` on ``ecg_model.c`` compiled for
+  the Cortex-M4 (host ``size`` of a host object when the cross compiler is missing);
+* **instructions per inference on QEMU** (mps2-an386, Cortex-M4, AOT build): see
+  ``edge_ecg.bench.boards`` (``-icount shift=0``; 1 instruction = 1 ns virtual).
+
+Prints the table and writes JSON (default ``RUN/bench/runtimes.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _object_size(c_dir: Path, workdir: Path) -> dict:
+    """Sections and stack use of the AOT model compiled alone (Cortex-M4 if possible)."""
+    from edge_ecg.bench.boards import ARM_CC, ARM_CFLAGS, ARM_SIZE
+
+    sources = sorted(c_dir.glob("*.c"))
+    if shutil.which(ARM_CC) and shutil.which(ARM_SIZE):
+        cc, flags, size, target = ARM_CC, list(ARM_CFLAGS), ARM_SIZE, "cortex-m4 (arm-none-eabi-gcc -O2)"
+    else:
+        cc, flags, size, target = "gcc", ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"], "size", "host (gcc -O2)"
+    sections: dict[str, int] = {}
+    stack: dict[str, int] = {}
+    for source in sources:
+        obj = workdir / (source.stem + ".o")
+        cmd = [cc, *flags, "-fstack-usage", f"-I{c_dir}", "-c", str(source), "-o", str(obj)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}\n{result.stderr}")
+        out = subprocess.run([size, "-A", "-d", str(obj)], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+                # -ffunction-sections: .text.op01_conv_2d ... -> .text
+                kind = "." + parts[0].split(".")[1]
+                if kind in (".text", ".rodata", ".data", ".bss"):
+                    sections[kind] = sections.get(kind, 0) + int(parts[1])
+        su = obj.with_suffix(".su")
+        for line in su.read_text().splitlines():
+            # file:line:col:function<TAB>bytes<TAB>static|dynamic|bounded
+            where, nbytes, kind = line.rsplit("\t", 2)
+            stack[where.rsplit(":", 1)[-1]] = int(nbytes) if kind.strip() == "static" else -int(nbytes)
+    # ecg_model_invoke calls the op functions (when not inlined into it), which call nothing:
+    # its frame plus the deepest op's frame bounds the model's stack.
+    invoke = stack.get("ecg_model_invoke", 0)
+    others = [abs(v) for k, v in stack.items() if k != "ecg_model_invoke"]
+    return {"target": target, "sections": sections, "stack_frames": stack,
+            "stack_bytes": abs(invoke) + max(others, default=0),
+            "stack_static": all(v >= 0 for v in stack.values())}
+
+
+def _time_runtimes(tflite: bytes, arena: int, aot_lib: Path, x: np.ndarray, repeats: int) -> dict:
+    """Interleaved per-inference host times (µs) of TFLM and AOT, and their output agreement."""
+    from edge_ecg.aot import AotModel
+    from edge_ecg.export.emulator import tflm_interpreter
+
+    interpreter = tflm_interpreter(tflite, arena)
+    aot = AotModel(aot_lib)
+    out = np.empty(aot.output_shape, np.int8)
+    invoke = aot._invoke  # the C entry point; ctypes call on preallocated buffers
+    times = {"tflm": [], "aot": []}
+    identical = 0
+
+    def run_tflm(sample):
+        interpreter.set_input(sample[None], 0)
+        start = time.perf_counter()
+        interpreter.invoke()
+        elapsed = time.perf_counter() - start
+        return elapsed, interpreter.get_output(0).reshape(-1).copy()
+
+    def run_aot(sample):
+        src = np.ascontiguousarray(sample)
+        start = time.perf_counter()
+        status = invoke(src.ctypes.data, out.ctypes.data)
+        elapsed = time.perf_counter() - start
+        if status != 0:
+            raise RuntimeError(f"ecg_model_invoke returned {status}")
+        return elapsed, out.reshape(-1).copy()
+
+    for sample in x[: min(len(x), 3)]:  # warm caches and lazy allocations
+        run_tflm(sample), run_aot(sample)
+    for r in range(repeats):
+        for i, sample in enumerate(x):
+            order = (run_tflm, run_aot) if (r + i) % 2 == 0 else (run_aot, run_tflm)
+            got = {}
+            for fn in order:
+                elapsed, y = fn(sample)
+                key = "tflm" if fn is run_tflm else "aot"
+                times[key].append(elapsed * 1e6)
+                got[key] = y
+            if r == 0:
+                identical += int(np.array_equal(got["tflm"], got["aot"]))
+    return {
+        "tflm_median_us": statistics.median(times["tflm"]),
+        "aot_median_us": statistics.median(times["aot"]),
+        "tflm_p90_us": float(np.percentile(times["tflm"], 90)),
+        "aot_p90_us": float(np.percentile(times["aot"], 90)),
+        "samples_each": len(times["tflm"]),
+        "identical_outputs": identical,
+        "records": len(x),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a run folder exported with --runtime aot")
+    parser.add_argument("--records", type=int, default=20, help="test-fold records to time (default 20)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds over the records (default 5)")
+    parser.add_argument("--qemu-records", type=int, default=3, help="records run on QEMU (default 3)")
+    parser.add_argument("--no-qemu", action="store_true", help="skip the emulated Cortex-M4")
+    parser.add_argument("--data", default=None, help="PTB-XL folder (default: the run's)")
+    parser.add_argument("--out", default=None, help="JSON output (default RUN/bench/runtimes.json)")
+    args = parser.parse_args()
+
+    from edge_ecg.aot import build_shared_library
+    from edge_ecg.bench import test_records
+    from edge_ecg.bench.boards import BoardError, build_qemu_board, firmware_size, qemu_instructions_per_inference
+
+    run = Path(args.run)
+    exported = json.loads((run / "export" / "export.json").read_text())
+    aot_dir = run / "export" / "aot"
+    if "aot" not in exported or not aot_dir.is_dir():
+        raise SystemExit(f"{run}/export has no AOT model: run `edge-ecg export --run {run} --runtime aot` first")
+    tflite = (run / "export" / exported["tflite"]["file"]).read_bytes()
+    dataset = None
+    if args.data:
+        from edge_ecg.data import load_ptbxl
+
+        dataset = load_ptbxl(args.data)
+    records, _ = test_records(run, limit=args.records, dataset=dataset)
+    shape = exported["tflite"]["input"]["shape"][1:]
+    x = np.stack([np.frombuffer(data, np.int8).reshape(shape) for _, data in records])
+
+    result: dict = {"run": str(run), "model_sha256": exported["tflite"]["sha256"], "cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="edge-ecg-runtimes-") as tmp:
+        tmp = Path(tmp)
+        lib = build_shared_library(aot_dir, tmp / "libecg_model.so")
+        timing = _time_runtimes(tflite, exported["arena"]["recommended_bytes"], lib, x, args.repeats)
+        obj = _object_size(aot_dir, tmp)
+        result["host_time"] = timing
+        result["aot_object"] = obj
+        qemu = None
+        if not args.no_qemu:
+            try:
+                elf = build_qemu_board(run, tmp / "qemu")
+                size = firmware_size(elf)
+                count = qemu_instructions_per_inference(run, tmp / "qemu", records=[d for _, d in records[: args.qemu_records]],
+                                                        iterations=5, elf=elf)
+                reference = {i: r for i, r in zip(np.load(run / "export" / "test_ecg_ids.npy").tolist(),
+                                                 np.load(run / "export" / "test_int8_outputs.npy").tolist())}
+                count["identical_to_tflm"] = sum(out == reference[i] for (i, _), out in zip(records, count["outputs_int8"]))
+                count.pop("elf")
+                qemu = {"instructions": count, "firmware": {k: v for k, v in size.items() if k != "file"}}
+            except BoardError as exc:
+                qemu = {"error": str(exc)}
+        result["qemu"] = qemu
+
+    arena = exported["arena"]
+    aot_info = exported["aot"]
+    s = obj["sections"]
+    result["table"] = rows = [
+        ("host time per inference, median (µs)", f"{timing['tflm_median_us']:.1f}", f"{timing['aot_median_us']:.1f}"),
+        ("host time per inference, p90 (µs)", f"{timing['tflm_p90_us']:.1f}", f"{timing['aot_p90_us']:.1f}"),
+        ("int8 outputs, TFLM = AOT (host)", f"{timing['identical_outputs']}/{timing['records']} records", ""),
+        ("RAM: arena / activations (B)", f"{arena['min_bytes']:,} measured ({arena['recommended_bytes']:,} rec.)",
+         f"{aot_info['activation_bytes']:,}"),
+        ("RAM: model stack (B)", "n/a (interpreter)", f"{obj['stack_bytes']:,} (-fstack-usage)"),
+        ("flash: model data (B)", f"{exported['tflite']['bytes']:,} (.tflite)", f"{s.get('.rodata', 0):,} (.rodata)"),
+        ("flash: model code (B)", "TFLM library (not measured)", f"{s.get('.text', 0):,} (.text)"),
+    ]
+    if qemu and "instructions" in qemu:
+        fw = qemu["firmware"]
+        rows += [
+            ("QEMU Cortex-M4 instructions / inference", "n/a (no TFLM build)",
+             f"{qemu['instructions']['instructions_per_inference']:,.0f} (median of {qemu['instructions']['records']} records)"),
+            ("int8 outputs, QEMU = TFLM", "", f"{qemu['instructions']['identical_to_tflm']}/{qemu['instructions']['records']} records"),
+            ("Cortex-M4 firmware flash / RAM (B)", "", f"{fw['flash_bytes']:,} / {fw['ram_bytes']:,} (stack {fw['stack']:,})"),
+        ]
+    elif qemu:
+        rows.append(("QEMU", "", qemu["error"].splitlines()[0]))
+
+    width = [max(len(r[k]) for r in rows + [("", "TFLite Micro", "AOT C")]) for k in range(3)]
+    print(f"Runtimes for {run} (model sha256 {exported['tflite']['sha256'][:12]}, {timing['records']} test records "
+          f"x {args.repeats} interleaved rounds; AOT object: {obj['target']})")
+    print(f"{'':<{width[0]}} | {'TFLite Micro':<{width[1]}} | AOT C")
+    print(f"{'-' * width[0]}-+-{'-' * width[1]}-+-{'-' * width[2]}")
+    for name, a, b in rows:
+        print(f"{name:<{width[0]}} | {a:<{width[1]}} | {b}")
+    out = Path(args.out) if args.out else run / "bench" / "runtimes.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
