@@ -34,7 +34,7 @@ REPORT_FILE = "report.md"
 def save_predictions(run: Path, split_name: str, ecg_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> None:
     """Predictions as plain .npy beside their record ids and labels (no pickle)."""
     folder = run / "predictions"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / f"{split_name}_ecg_ids.npy", ecg_ids.astype(np.int64))
     np.save(folder / f"{split_name}_probs.npy", probs.astype(np.float32))
     np.save(folder / f"{split_name}_labels.npy", labels.astype(np.uint8))
