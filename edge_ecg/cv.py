@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_ecg import CLASSES
 from edge_ecg.data import PtbxlDataset
-from edge_ecg.metrics import MetricError, bootstrap_auc, macro_auc, per_class_auc
+from edge_ecg.metrics import MetricError, bootstrap_auc, bootstrap_samples, macro_auc, per_class_auc
 from edge_ecg.train import RunError, TrainConfig, write_json
 
 CV_FILE = "cv.json"
@@ -162,14 +162,10 @@ def paired_bootstrap(
     """
     if probs_a.shape != probs_b.shape or probs_a.shape != labels.shape:
         raise ValueError(f"paired comparison needs predictions of the same records: {probs_a.shape} vs {probs_b.shape}")
-    rng = np.random.default_rng(seed)
-    n, diffs = len(labels), []
-    while len(diffs) < n_boot:
-        idx = rng.integers(0, n, n)
-        pos = labels[idx].sum(axis=0)
-        if ((pos == 0) | (pos == n)).any():
-            continue
-        diffs.append(macro_auc(labels[idx], probs_a[idx]) - macro_auc(labels[idx], probs_b[idx]))
+    diffs = [
+        macro_auc(labels[idx], probs_a[idx]) - macro_auc(labels[idx], probs_b[idx])
+        for idx in bootstrap_samples(labels, n_boot, seed)
+    ]
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     return {"difference": macro_auc(labels, probs_a) - macro_auc(labels, probs_b), "ci95": [float(lo), float(hi)]}
 

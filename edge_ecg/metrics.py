@@ -41,6 +41,23 @@ def macro_auc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     return float(aucs.mean())
 
 
+def bootstrap_samples(y_true: np.ndarray, n_boot: int, seed: int):
+    """``n_boot`` record resamples (index arrays) in which every class has both label values.
+
+    A resample where a class is all positive or all negative is drawn again, so every
+    replicate gives a defined macro AUC. Reproducible under ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    n, drawn = len(y_true), 0
+    while drawn < n_boot:
+        idx = rng.integers(0, n, n)
+        pos = y_true[idx].sum(axis=0)
+        if ((pos == 0) | (pos == n)).any():
+            continue
+        drawn += 1
+        yield idx
+
+
 def bootstrap_auc(
     y_true: np.ndarray, y_prob: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
@@ -51,14 +68,7 @@ def bootstrap_auc(
     """
     y_true, y_prob = _check(y_true, y_prob)
     macro_auc(y_true, y_prob)  # fails early if undefined on the full set
-    rng = np.random.default_rng(seed)
-    n, values = len(y_true), []
-    while len(values) < n_boot:
-        idx = rng.integers(0, n, n)
-        pos = y_true[idx].sum(axis=0)
-        if ((pos == 0) | (pos == n)).any():
-            continue
-        values.append(macro_auc(y_true[idx], y_prob[idx]))
+    values = [macro_auc(y_true[idx], y_prob[idx]) for idx in bootstrap_samples(y_true, n_boot, seed)]
     alpha = (1 - level) / 2
     lo, hi = np.quantile(values, [alpha, 1 - alpha])
     return float(lo), float(hi)
