@@ -101,8 +101,6 @@ def int8_rotations(cv_dir: Path, dataset) -> dict[str, Path]:
 
 
 def cv_main(args, dataset, data) -> None:
-    from dataclasses import replace
-
     from edge_ecg import cv
     from edge_ecg.models import build, summary
     from edge_ecg.train import TrainConfig

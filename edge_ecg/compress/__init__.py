@@ -22,9 +22,8 @@ import json
 import math
 import os
 import shutil
+import warnings
 from pathlib import Path
-
-import numpy as np
 
 from edge_ecg.compress.structured import structured_prune
 from edge_ecg.compress.tfmot_stages import (
@@ -152,7 +151,9 @@ def compress(
         model.load_weights(out / "state" / "best.weights.h5")
         if kind.startswith("prune"):
             model = strip_pruning(model)
-        model.save(out / "model.h5")
+        with warnings.catch_warnings():  # HDF5 on purpose: QAT wrappers do not reload from .keras
+            warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
+            model.save(out / "model.h5")
         info = {k: v for k, v in summary(model).items() if k != "layers"}
         entry = {
             "name": name,

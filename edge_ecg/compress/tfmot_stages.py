@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 
-from edge_ecg.tf import keras, tf
+from edge_ecg.tf import keras
 
 
 def _tfmot():
@@ -59,10 +60,64 @@ def quantize(model, preserve_sparsity: bool = False):
     return tfmot.quantization.keras.quantize_apply(annotated, scheme)
 
 
+def _tfmot_load_fixes() -> dict:
+    """tfmot layer classes whose ``build_from_config`` matches how they were built when saved.
+
+    tf_keras (.keras format) builds each deserialized layer from its saved input shape
+    before the functional graph calls it, and then restores variables by position.
+    tfmot's ``QuantizeLayer.build`` does not set ``built``, so it is built twice (two
+    extra variables), and ``QuantizeWrapper(V2)`` built that way lists its wrapped
+    layer's kernel once where the saved model, whose inner layer was already built,
+    lists it twice. Either way loading fails with "expected N variables, but received
+    M". These subclasses build in the original order, so the variables line up.
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
+    from tf_keras.src.utils import tf_utils
+
+    def _shape(config):
+        return tf_utils.convert_shapes(config["input_shape"], to_tuples=False)
+
+    def layer_build_from_config(self, config):
+        # Built when the functional graph calls it, like the original (inside its name scope).
+        return None
+
+    def wrapper_build_from_config(self, config):
+        if config.get("input_shape") is None:
+            return
+        shape = _shape(config)
+        if not self.layer.built:
+            self.layer.build(shape)
+        self.build(shape)
+
+    return {
+        "QuantizeLayer": type("QuantizeLayer", (quantize_layer.QuantizeLayer,), {"build_from_config": layer_build_from_config}),
+        "QuantizeWrapper": type(
+            "QuantizeWrapper", (quantize_wrapper.QuantizeWrapper,), {"build_from_config": wrapper_build_from_config}
+        ),
+        "QuantizeWrapperV2": type(
+            "QuantizeWrapperV2", (quantize_wrapper.QuantizeWrapperV2,), {"build_from_config": wrapper_build_from_config}
+        ),
+    }
+
+
 def load_model(path: str | os.PathLike):
-    """Load a float, pruned or QAT model saved by edge-ecg (QAT layers need tfmot's scope)."""
-    with _tfmot().quantization.keras.quantize_scope():
-        return keras.models.load_model(path, compile=False)
+    """Load a run's Keras model, float or tfmot-wrapped (QAT / pruning), without compiling it."""
+    from edge_ecg.train import RunError
+
+    tfmot = _tfmot()
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: model file not found")
+    with (
+        tfmot.quantization.keras.quantize_scope(),
+        tfmot.sparsity.keras.prune_scope(),
+        keras.utils.custom_object_scope(_tfmot_load_fixes()),
+    ):
+        try:
+            return keras.models.load_model(path, compile=False)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ValueError(f"{path}: cannot load the Keras model ({exc})") from exc
 
 
 def kernel_zero_fractions(model) -> dict[str, float]:

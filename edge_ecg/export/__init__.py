@@ -28,12 +28,12 @@ from edge_ecg.export.convert import (
     ExportError,
     check_tflite,
     deployable_model,
-    load_model,
     model_io,
     ops_in_model,
     output_probabilities,
     to_int8_tflite,
 )
+from edge_ecg.compress import load_model  # one loader for float, pruned and QAT models
 from edge_ecg.export.convert import is_quantization_aware
 from edge_ecg.export.csources import SOURCE_FILES, c_sources, sha256, write_c_sources
 from edge_ecg.export.emulator import (

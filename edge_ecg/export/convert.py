@@ -13,12 +13,7 @@ package, the same schema the firmware's interpreter parses.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
-
-from edge_ecg.train import RunError
 
 
 class ExportError(ValueError):
@@ -121,69 +116,6 @@ Method names as declared in TFLite Micro's ``tensorflow/lite/micro/micro_mutable
 left out). An operator missing here cannot be registered by the generated
 ``model_ops.h``, and export refuses the model.
 """
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _tfmot_load_fixes() -> dict:
-    """tfmot layer classes whose ``build_from_config`` matches how they were built when saved.
-
-    tf_keras (.keras format) builds each deserialized layer from its saved input shape
-    before the functional graph calls it, and then restores variables by position.
-    tfmot's ``QuantizeLayer.build`` does not set ``built``, so it is built twice (two
-    extra variables), and ``QuantizeWrapper(V2)`` built that way lists its wrapped
-    layer's kernel once where the saved model, whose inner layer was already built,
-    lists it twice. Either way loading fails with "expected N variables, but received
-    M". These subclasses build in the original order, so the variables line up.
-    """
-    from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer, quantize_wrapper
-    from tf_keras.src.utils import tf_utils
-
-    def _shape(config):
-        return tf_utils.convert_shapes(config["input_shape"], to_tuples=False)
-
-    def layer_build_from_config(self, config):
-        # Built when the functional graph calls it, like the original (inside its name scope).
-        return None
-
-    def wrapper_build_from_config(self, config):
-        if config.get("input_shape") is None:
-            return
-        shape = _shape(config)
-        if not self.layer.built:
-            self.layer.build(shape)
-        self.build(shape)
-
-    return {
-        "QuantizeLayer": type("QuantizeLayer", (quantize_layer.QuantizeLayer,), {"build_from_config": layer_build_from_config}),
-        "QuantizeWrapper": type(
-            "QuantizeWrapper", (quantize_wrapper.QuantizeWrapper,), {"build_from_config": wrapper_build_from_config}
-        ),
-        "QuantizeWrapperV2": type(
-            "QuantizeWrapperV2", (quantize_wrapper.QuantizeWrapperV2,), {"build_from_config": wrapper_build_from_config}
-        ),
-    }
-
-
-def load_model(path: str | os.PathLike):
-    """Load a run's Keras model, float or tfmot-wrapped (QAT / pruning), without compiling it."""
-    from edge_ecg.tf import keras  # sets TF_USE_LEGACY_KERAS before tfmot imports TensorFlow
-
-    import tensorflow_model_optimization as tfmot
-
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"{path}: model file not found")
-    with (
-        tfmot.quantization.keras.quantize_scope(),
-        tfmot.sparsity.keras.prune_scope(),
-        keras.utils.custom_object_scope(_tfmot_load_fixes()),
-    ):
-        try:
-            return keras.models.load_model(path, compile=False)
-        except (ValueError, TypeError, OSError) as exc:
-            raise ExportError(f"{path}: cannot load the Keras model ({exc})") from exc
 
 
 def is_quantization_aware(model) -> bool:

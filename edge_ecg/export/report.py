@@ -19,7 +19,7 @@ COLUMNS = ("variant", "tflite_bytes", "gzip_bytes", "zero_weights", "params", "m
 def _float_row(run: Path, dataset, n_boot: int) -> dict:
     from edge_ecg.compress import kernel_sparsity
     from edge_ecg.data import Standardizer
-    from edge_ecg.export.convert import load_model
+    from edge_ecg.compress import load_model
     from edge_ecg.export.emulator import measure_arena
     from edge_ecg.metrics import bootstrap_auc, macro_auc
     from edge_ecg.models import summary
@@ -51,7 +51,8 @@ def _float_row(run: Path, dataset, n_boot: int) -> dict:
 
 def _int8_row(run: Path, name: str, model_path: Path, dataset, clip_sigma, n_boot: int) -> dict:
     from edge_ecg.export import export
-    from edge_ecg.export.convert import load_model, weight_zero_fraction
+    from edge_ecg.compress import load_model
+    from edge_ecg.export.convert import weight_zero_fraction
     from edge_ecg.models import summary
 
     out = run / "compression" / name.replace(" ", "_").replace("+", "_")
