@@ -233,7 +233,10 @@ def cmd_bench(args) -> int:
     emulator = None if args.port else (args.emulator or "tflm")
     summary = bench(args.run, port=args.port, baud=args.baud, emulator=emulator, limit=args.limit, resume=args.resume,
                     retries=args.retries, timeout=args.timeout, warmup=args.warmup, load=args.load)
-    _print_json(summary) if args.json else print(format_summary(summary))
+    if args.json:
+        _print_json(summary)
+    else:
+        print(format_summary(summary))
     return 0
 
 
@@ -411,31 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_run)
 
-    _add_stage_parsers(sub)
     return parser
-
-
-_PLANNED = {
-    "train": "train an architecture on the training folds (1-8), select on fold 9",
-    "evaluate": "evaluate a run on the test fold (10): AUC, F1, Fmax, plots",
-    "compress": "prune and train quantization-aware",
-    "export": "convert to full-int8 TFLite and emit TFLite Micro C sources",
-    "build": "render and build the firmware project for a target",
-    "flash": "flash the built firmware to a board",
-    "bench": "benchmark latency and accuracy over serial or on the emulator",
-    "run": "the whole pipeline on one run folder",
-}
-
-
-def _not_yet(args) -> int:
-    raise CliError(f"`edge-ecg {args.command}` is not implemented in edge-ecg {__version__} yet")
-
-
-def _add_stage_parsers(sub) -> None:
-    for name, text in _PLANNED.items():
-        if name not in sub.choices:
-            p = sub.add_parser(name, help=text + " (not yet implemented)", description=text + ".")
-            p.set_defaults(func=_not_yet)
 
 
 def main(argv: list[str] | None = None) -> int:
