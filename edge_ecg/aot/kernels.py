@@ -223,6 +223,25 @@ class _Multipliers:
         return f"{fn}_multiplier[{self.index}]", f"{fn}_shift[{self.index}]"
 
 
+def _filter_data(fn: str, weights, bias_full, bias, partial: bool, mults, channel: str):
+    """The constant arrays of a convolution: weights, bias with the input offset folded in,
+    the plain bias where padding clips windows, and the requantization multipliers.
+
+    Returns (C text, their bytes, C expression of the plain bias for output channel ``channel``).
+    """
+    oc = len(bias_full)
+    data = c_array("int8_t", f"{fn}_weights", weights.reshape(-1), 16)
+    data += c_array("int32_t", f"{fn}_bias_full", bias_full, 8)
+    nbytes = weights.size + 4 * oc
+    bias_ref = "0"  # clipped windows start from the plain bias
+    if partial and bias.any():
+        data += c_array("int32_t", f"{fn}_bias", bias, 8)
+        nbytes += 4 * oc
+        bias_ref = f"{fn}_bias[{channel}]"
+    mdata, mbytes = mults.data(fn)
+    return data + mdata, nbytes + mbytes, bias_ref
+
+
 def _windows(out_size: int, stride: int, pad: int, k: int, in_size: int) -> bool:
     """Whether some output position's window is clipped by the padding."""
     for o in range(out_size):
@@ -271,16 +290,7 @@ def lower_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
     contiguous = kw == iw  # a full window is then one contiguous run of kh*kw*ic bytes
 
     def emit(fn: str) -> CFunction:
-        data = c_array("int8_t", f"{fn}_weights", weights.reshape(-1), 16)
-        data += c_array("int32_t", f"{fn}_bias_full", bias_full, 8)
-        nbytes = weights.size + 4 * oc
-        bias_ref = "0"  # clipped windows start from the plain bias
-        if partial and bias.any():
-            data += c_array("int32_t", f"{fn}_bias", bias, 8)
-            nbytes += 4 * oc
-            bias_ref = f"{fn}_bias[oc]"
-        mdata, mbytes = mults.data(fn)
-        data += mdata
+        data, nbytes, bias_ref = _filter_data(fn, weights, bias_full, bias, partial, mults, "oc")
         mult, shift = mults.refs(fn)
         if contiguous:
             full = (
@@ -339,7 +349,7 @@ def lower_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
             + "        o[oc] = (int8_t)acc;\n"
             "      }\n    }\n  }\n}\n"
         )
-        return CFunction(data, func, nbytes + mbytes)
+        return CFunction(data, func, nbytes)
 
     macs = oh * ow * oc * kh * kw * ic
     return Step(op, "compute", (inp.index,), out.index, emit, {"macs": macs})
@@ -378,16 +388,7 @@ def lower_depthwise_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
     xc = "x[c]" if mult_depth == 1 else f"x[c / {mult_depth}]"
 
     def emit(fn: str) -> CFunction:
-        data = c_array("int8_t", f"{fn}_weights", weights.reshape(-1), 16)
-        data += c_array("int32_t", f"{fn}_bias_full", bias_full, 8)
-        nbytes = weights.size + 4 * oc
-        bias_ref = "0"  # clipped windows start from the plain bias
-        if partial and bias.any():
-            data += c_array("int32_t", f"{fn}_bias", bias, 8)
-            nbytes += 4 * oc
-            bias_ref = f"{fn}_bias[c]"
-        mdata, mbytes = mults.data(fn)
-        data += mdata
+        data, nbytes, bias_ref = _filter_data(fn, weights, bias_full, bias, partial, mults, "c")
         mult, shift = mults.refs(fn)
         full = (
             f"for (int c = 0; c < {oc}; ++c) acc[c] = {fn}_bias_full[c];\n"
@@ -440,7 +441,7 @@ def lower_depthwise_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
             + "        o[c] = (int8_t)v;\n"
             "      }\n    }\n  }\n}\n"
         )
-        return CFunction(data, func, nbytes + mbytes)
+        return CFunction(data, func, nbytes)
 
     return Step(op, "compute", (inp.index,), out.index, emit, {"macs": oh * ow * oc * kh * kw})
 
