@@ -258,8 +258,8 @@ def export(
             f"{int(lsb.max())} LSB); pass allow_mismatch=True to export anyway"
         )
     if litert_mismatches:
-        say(f"[yellow]warning[/]: TFLite Micro and LiteRT BUILTIN_REF differ by 1 LSB on {len(litert_mismatches)} of "
-            f"{len(identical)} test records (listed in export.json)")
+        say(f"[yellow]warning[/]: TFLite Micro and LiteRT BUILTIN_REF differ on {len(litert_mismatches)} of "
+            f"{len(identical)} test records, by at most {int(lsb.max())} LSB (listed in export.json)")
     p_val = output_probabilities(y_val_q, out_q["scale"], out_q["zero_point"], output_kind)
     p_test = output_probabilities(y_test_q, out_q["scale"], out_q["zero_point"], output_kind)
     report = classification_report(split.val.labels, p_val, split.test.labels, p_test, n_boot=n_boot, seed=config.seed)
