@@ -65,9 +65,9 @@ CV_PLAN = (
     ("dscnn", "dscnn", 20, 0, None),
     ("cnn_base", "cnn_base", 20, 0, None),
     ("dscnn distilled", "dscnn", 20, 0, ("dscnn", "cnn_base")),
+    ("dscnn seed 1", "dscnn", 20, 1, None),
     ("resnet1d_wang", "resnet1d_wang", 8, 0, None),
     ("inception_cnn", "inception_cnn", 4, 0, None),
-    ("dscnn seed 1", "dscnn", 20, 1, None),
 )
 INT8_ROWS = ("dscnn", "dscnn distilled")
 
