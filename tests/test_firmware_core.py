@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from edge_ecg.bench import protocol as p
+from edge_ecg.bench.host import build_host_port
 from edge_ecg.bench.protocol import DutClient, DutTimeoutError, FdTransport, ProtocolError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,9 +46,7 @@ def build_dir(tmp_path_factory) -> Path:
     if shutil.which("gcc") is None:
         pytest.skip("gcc is not installed: cannot build the firmware core")
     out = tmp_path_factory.mktemp("firmware")
-    core_sources = sorted(CORE.glob("*.c"))
-    _gcc(*CFLAGS, "-DEE_HAVE_MODEL_CONFIG=1", f"-I{HOST}", f"-I{CORE}", HOST / "main.c", *core_sources,
-         "-lm", "-o", out / "ecg_host")
+    build_host_port(out)  # -> out/ecg_host, the same build the benchmark uses
     _gcc(*CFLAGS, f"-I{CORE}", HOST / "unit_tests.c", CORE / "ee_util.c", CORE / "ee_preprocess.c",
          "-lm", "-o", out / "unit_tests")
     return out
