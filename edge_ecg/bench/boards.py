@@ -43,15 +43,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from edge_ecg.bench.host import FIRMWARE, build_host_port
 from edge_ecg.bench.protocol import EE_MSG_READY, DutClient, FdTransport, elapsed_us
 
-FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
 HOST_DIR = FIRMWARE / "host"
 CORE_DIR = FIRMWARE / "core"
 MPS2_DIR = FIRMWARE / "mps2-an386"
 
-HOST_CC = "gcc"
-HOST_CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic")
 
 ARM_CC = "arm-none-eabi-gcc"
 ARM_SIZE = "arm-none-eabi-size"
@@ -116,18 +114,12 @@ def build_virtual_board(run: str | os.PathLike, workdir: str | os.PathLike) -> P
     gcc, strict C99, ``-Werror``; the run's ``export/model_config.h`` and
     ``export/aot/*`` go first on the include path.
     """
-    if shutil.which(HOST_CC) is None:
-        raise BoardError(f"{HOST_CC} not found: install it (Debian: apt-get install gcc) to build the virtual board")
     export, aot, sources = _export_sources(run)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    exe = workdir / "ecg_host_aot"
-    cmd = [HOST_CC, *HOST_CFLAGS, "-DEE_HAVE_MODEL_CONFIG=1", "-DEE_HOST_MODEL_SEPARATE=1",
-           f"-I{export}", f"-I{aot}", f"-I{HOST_DIR}", f"-I{CORE_DIR}",
-           str(HOST_DIR / "main.c"), str(HOST_DIR / "aot_model.c"), *map(str, sources),
-           *map(str, sorted(CORE_DIR.glob("*.c"))), "-lm", "-o", str(exe)]
-    _compile(cmd, "the virtual board")
-    return exe
+    try:
+        return build_host_port(Path(workdir), include_dirs=(export, aot), extra_sources=(HOST_DIR / "aot_model.c", *sources),
+                               defines=("EE_HOST_MODEL_SEPARATE=1",), name="ecg_host_aot")
+    except RuntimeError as exc:
+        raise BoardError(f"the virtual board: {exc}") from None
 
 
 def _need_tool(tool: str, purpose: str) -> str:
