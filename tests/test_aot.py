@@ -1,8 +1,9 @@
 """AOT C generator: bit-exact against the real TFLite Micro interpreter.
 
-Random small architectures (and the project's dscnn at full size) are converted to
-int8 with TensorFlow, turned into C by :mod:`edge_ecg.aot`, compiled with
-``-Werror`` and run through ctypes; every output byte must equal ``tflite_micro``'s.
+Random small architectures (and the project's dscnn, resnet1d_wang and inception_cnn
+at full size) are converted to int8 with TensorFlow, turned into C by
+:mod:`edge_ecg.aot`, compiled with ``-Werror`` and run through ctypes; every output
+byte must equal ``tflite_micro``'s.
 Also: the memory plan never overlaps live tensors, unsupported models raise
 AotError, and generation is deterministic.
 """
@@ -118,6 +119,9 @@ def random_model(seed: int):
     L = keras.layers
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
+    # The ops added later (PAD, REDUCE_MAX, MUL, broadcast ADD) are drawn from their own
+    # stream, so the architectures of the original stream stay as they were.
+    extra = np.random.default_rng(50_000 + seed)
     steps = int(rng.integers(64, 201))
     leads = int(rng.integers(1, 7))
     two_d = bool(rng.random() < 0.5)  # dscnn style (T, 1, C) vs Conv1D style
@@ -130,15 +134,15 @@ def random_model(seed: int):
     def pick(options):
         return options[int(rng.integers(len(options)))]
 
-    def conv(t, filters, kernel, stride, padding, activation):
+    def conv(t, filters, kernel, stride, padding, activation, r=rng):
         if padding == "valid" and length(t) < kernel:
             padding = "same"
-        use_bias = bool(rng.random() < 0.7)
+        use_bias = bool(r.random() < 0.7)
         if two_d:
             t = L.Conv2D(filters, (kernel, 1), strides=(stride, 1), padding=padding, use_bias=use_bias)(t)
         else:
             t = L.Conv1D(filters, kernel, strides=stride, padding=padding, use_bias=use_bias)(t)
-        if rng.random() < 0.4:
+        if r.random() < 0.4:
             t = L.BatchNormalization()(t)
         return act(t, activation)
 
@@ -167,6 +171,32 @@ def random_model(seed: int):
         layer = L.MaxPooling1D if kind == "max" else L.AveragePooling1D
         return layer(size, strides=stride, padding=padding)(t)
 
+    def global_pool(t, kind, keepdims=False):
+        if kind == "max":
+            layer = L.GlobalMaxPooling2D if two_d else L.GlobalMaxPooling1D
+        else:
+            layer = L.GlobalAveragePooling2D if two_d else L.GlobalAveragePooling1D
+        return layer(keepdims=keepdims)(t)
+
+    def extra_block(t):
+        """ZeroPadding before a valid convolution (PAD), a gate (MUL), a per-channel
+        squeeze-and-excite scale or shift (broadcast MUL or ADD of two activations)."""
+        kind = str(extra.choice(["pad", "gate", "excite"]))
+        channels = t.shape[-1]
+        if kind == "pad":
+            before, after = int(extra.integers(0, 4)), int(extra.integers(1, 4))
+            t = (L.ZeroPadding2D(((before, after), (0, 0))) if two_d else L.ZeroPadding1D((before, after)))(t)
+            return conv(t, int(extra.integers(2, 9)), int(extra.integers(1, 6)), int(extra.integers(1, 3)),
+                        "valid", str(extra.choice(activations)), r=extra)
+        if kind == "gate":
+            g = L.Activation("sigmoid")(conv(t, channels, 3, 1, "same", "none", r=extra))
+            return L.Multiply()([t, g])
+        g = global_pool(t, str(extra.choice(["avg", "max"])), keepdims=True)
+        if extra.random() < 0.5:
+            g = L.Dense(channels, activation="sigmoid")(g)
+            return L.Multiply()([t, g])
+        return L.Add()([t, g])
+
     activations = ["relu", "relu6", "none"]
     for _ in range(int(rng.integers(2, 6))):
         kind = pick(["conv", "conv", "depthwise", "pool", "residual", "concat", "sigmoid"])
@@ -192,11 +222,23 @@ def random_model(seed: int):
             else:
                 b = conv(x, int(rng.integers(2, 9)), pick([1, 3]), 1, "same", pick(activations))
             x = L.Concatenate()([a, b])
+            if extra.random() < 0.5:  # not folded into a convolution: MUL and ADD
+                x = L.BatchNormalization()(x)
         elif kind == "sigmoid":
             x = L.Activation("sigmoid")(x)
+        if extra.random() < 0.3:
+            x = extra_block(x)
 
     head = pick(["gap", "gap", "gap_keepdims", "flatten"])
-    if head == "gap":
+    if extra.random() < 0.3:
+        head = str(extra.choice(["max", "max_keepdims", "concat_pool"]))
+    if head == "max":
+        x = global_pool(x, "max")
+    elif head == "max_keepdims":
+        x = L.Flatten()(global_pool(x, "max", keepdims=True))
+    elif head == "concat_pool":  # resnet1d_wang's head: [max, average]
+        x = L.Concatenate()([global_pool(x, "max"), global_pool(x, "avg")])
+    elif head == "gap":
         x = (L.GlobalAveragePooling2D() if two_d else L.GlobalAveragePooling1D())(x)
     elif head == "gap_keepdims":
         x = (L.GlobalAveragePooling2D(keepdims=True) if two_d else L.GlobalAveragePooling1D(keepdims=True))(x)
@@ -263,7 +305,8 @@ def test_random_architectures_cover_every_kernel():
     for seed in range(NUM_RANDOM_MODELS):
         seen.update(op_names(random_case(seed)[0]))
     must = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MEAN", "AVERAGE_POOL_2D",
-            "MAX_POOL_2D", "ADD", "CONCATENATION", "LOGISTIC", "RESHAPE"}
+            "MAX_POOL_2D", "ADD", "CONCATENATION", "LOGISTIC", "RESHAPE", "PAD", "REDUCE_MAX",
+            "MUL"}
     assert must <= seen, f"never generated: {sorted(must - seen)}"
     assert seen <= set(SUPPORTED_OPS)
 
@@ -313,6 +356,93 @@ def test_general_windows_and_batched_fully_connected(build, tmp_path):
     model_bytes = to_int8_tflite(model, rng.normal(0, 1, (6, 96, 3)).astype(np.float32))
     aot, _ = compile_model(model_bytes, tmp_path)
     assert_bit_exact(model_bytes, aot, random_int8_inputs(rng, aot.input_shape, 5))
+
+
+def _randomize_batch_norms(model, rng) -> None:
+    """Non-trivial batch-norm parameters (the initial 1, 0, 0, 1 fold into nothing)."""
+    from edge_ecg.tf import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.3, beta.shape),
+                rng.normal(0, 0.3, mean.shape), rng.uniform(0.5, 2.0, var.shape),
+            ])
+
+
+def _zero_padding_and_global_max_1d(L, inputs):
+    """resnet1d_wang's explicit padding before strided convolutions and its head."""
+    x = L.ZeroPadding1D((1, 2))(inputs)
+    x = L.Conv1D(6, 4, strides=2, activation="relu")(x)
+    x = L.ZeroPadding1D(3)(x)
+    x = L.Conv1D(8, 3, strides=2)(x)
+    x = L.Concatenate()([L.GlobalMaxPooling1D()(x), L.GlobalAveragePooling1D()(x)])
+    return L.Dense(4)(x)
+
+
+def _zero_padding_and_global_max_2d(L, inputs):
+    """Padding on both spatial axes (a copy loop, not one block) and REDUCE_MAX over
+    two axes with keep_dims."""
+    x = L.Reshape((12, 8, 3))(inputs)
+    x = L.ZeroPadding2D(((1, 2), (0, 3)))(x)
+    x = L.Conv2D(5, (3, 3), activation="relu")(x)
+    x = L.GlobalMaxPooling2D(keepdims=True)(x)
+    return L.Dense(3)(L.Flatten()(x))
+
+
+def _batch_norm_after_concatenate(L, inputs):
+    """inception_cnn's block ending: MUL and ADD by constant per-channel vectors,
+    broadcast over time."""
+    a = L.Conv1D(5, 1, padding="same", activation="relu")(inputs)
+    b = L.Conv1D(4, 3, padding="same", activation="relu")(inputs)
+    c = L.MaxPooling1D(3, strides=1, padding="same")(inputs)
+    x = L.BatchNormalization()(L.Concatenate()([a, b, c]))
+    x = L.MaxPooling1D(2)(x)
+    return L.Dense(3)(L.GlobalAveragePooling1D()(x))
+
+
+def _multiply_and_broadcast_activations(L, inputs):
+    """MUL of two activations, element-wise and broadcast (1, T, C) * (1, 1, C), and
+    ADD of a broadcast activation."""
+    x = L.Conv1D(6, 3, padding="same")(inputs)
+    g = L.Activation("sigmoid")(L.Conv1D(6, 5, padding="same")(inputs))
+    x = L.Multiply()([x, g])
+    s = L.Dense(6, activation="sigmoid")(L.GlobalAveragePooling1D(keepdims=True)(x))
+    x = L.Multiply()([x, s])
+    x = L.Add()([x, L.GlobalMaxPooling1D(keepdims=True)(x)])
+    x = L.Multiply()([x, x])
+    return L.Dense(4)(L.Flatten()(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("build", "ops"),
+    [
+        (_zero_padding_and_global_max_1d, {"PAD", "REDUCE_MAX"}),
+        (_zero_padding_and_global_max_2d, {"PAD", "REDUCE_MAX"}),
+        (_batch_norm_after_concatenate, {"MUL", "ADD"}),
+        (_multiply_and_broadcast_activations, {"MUL", "ADD", "REDUCE_MAX"}),
+    ],
+    ids=["pad_1d_max", "pad_2d_max_keepdims", "bn_after_concat", "multiply"],
+)
+def test_pad_reduce_max_mul_and_broadcast_add(build, ops, tmp_path):
+    from edge_ecg.tf import keras
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((96, 3))
+    model = keras.Model(inputs, build(keras.layers, inputs))
+    rng = np.random.default_rng(5)
+    _randomize_batch_norms(model, rng)
+    model_bytes = to_int8_tflite(model, rng.normal(0, 1, (6, 96, 3)).astype(np.float32))
+    assert ops <= set(op_names(model_bytes)), op_names(model_bytes)
+    aot, report = compile_model(model_bytes, tmp_path)
+    inputs = quantized_records(rng, report, 1.0, 3) + random_int8_inputs(rng, aot.input_shape, 3)
+    assert_bit_exact(model_bytes, aot, inputs)
+    plan_is_valid(memory_plan(model_bytes))
+    if build is _batch_norm_after_concatenate:  # the constant vectors are broadcast
+        broadcast = [op for op in report["ops"] if op["op"] in ("MUL", "ADD")]
+        assert len(broadcast) == 2 and all(op["inputs"] == [op["output"]] for op in broadcast)
 
 
 # --- (b) the project's dscnn at full size ------------------------------------------------
@@ -382,6 +512,52 @@ def test_only_the_double_rounding_variant_matches(tmp_path):
     differing = [x for x in inputs if not np.array_equal(single.invoke(x), tflm(x))]
     assert differing, "single rounding matched TFLM: the test inputs do not discriminate"
     assert np.abs(single.invoke(differing[0]).astype(int) - tflm(differing[0])).max() <= 2
+
+
+# --- (b') the project's reference architectures, as built by default ---------------------
+
+
+@cache
+def reference_case(name: str) -> bytes:
+    """resnet1d_wang() or inception_cnn() with random weights and batch norms, converted
+    as export converts (sigmoid cut, full int8) with a few random records."""
+    from edge_ecg.export import to_int8_tflite as export_int8
+    from edge_ecg.export.convert import deployable_model
+    from edge_ecg.models import inception_cnn, resnet1d_wang
+    from edge_ecg.tf import keras
+
+    keras.utils.set_random_seed(11)
+    model = {"resnet1d_wang": resnet1d_wang, "inception_cnn": inception_cnn}[name]()
+    rng = np.random.default_rng(11)
+    _randomize_batch_norms(model, rng)
+    deployed, kind = deployable_model(model)
+    assert kind == "logit"
+    return export_int8(deployed, rng.normal(0, 1, (4, 1000, 12)).astype(np.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "ops", "n_inputs"),
+    [
+        ("resnet1d_wang", {"PAD", "REDUCE_MAX", "MEAN", "ADD", "CONCATENATION"}, 4),
+        ("inception_cnn", {"MUL", "ADD", "MAX_POOL_2D", "CONCATENATION"}, 2),
+    ],
+    ids=["resnet1d_wang", "inception_cnn"],
+)
+def test_reference_architectures_are_bit_exact_with_tflite_micro(name, ops, n_inputs, tmp_path):
+    """The int8 reference models at full size (inception_cnn: 3.8 M weights, 17 MB of
+    C, a few seconds of gcc -O2): every op lowered, outputs identical to TFLM's."""
+    model_bytes = reference_case(name)
+    assert ops <= set(op_names(model_bytes))
+    aot, report = compile_model(model_bytes, tmp_path)
+    assert aot.input_shape == (1, 1000, 12) and aot.output_shape == (1, 5)
+    rng = np.random.default_rng(12)
+    half = n_inputs // 2
+    inputs = quantized_records(rng, report, 1.0, half) + random_int8_inputs(
+        rng, aot.input_shape, n_inputs - half
+    )
+    assert_bit_exact(model_bytes, aot, inputs, label=name)
+    plan_is_valid(memory_plan(model_bytes))
 
 
 # --- (c) memory plan ----------------------------------------------------------------------
@@ -513,6 +689,72 @@ def test_unsupported_conv_options_raise(field, value, message, tmp_path):
 
     with pytest.raises(AotError, match=rf"op #1 CONV_2D: .*{message}"):
         generate(_edited(model_bytes, edit), tmp_path)
+
+
+def _hand_graph(specs, op_name, inputs, options=None):
+    """A one-op Graph from ``specs``: (shape, scale, zero point, constant data or None)."""
+    from edge_ecg.aot.graph import Graph, Op, Tensor
+
+    tensors = []
+    for i, (shape, scale, zp, data) in enumerate(specs):
+        dtype = "int8" if data is None else str(np.asarray(data).dtype)
+        quant = ((scale,), (zp,)) if scale is not None else ((), ())
+        array = None if data is None else np.asarray(data).reshape(shape)
+        tensors.append(Tensor(i, f"t{i}", tuple(shape), dtype, *quant, 0, array))
+    op = Op(0, op_name, tuple(inputs), (len(specs) - 1,), options)
+    return Graph(tensors, [op], (inputs[0],), (len(specs) - 1,)), op
+
+
+def test_broadcast_loops_are_merged_and_unsupported_patterns_raise():
+    from edge_ecg.aot.graph import Op, Tensor
+    from edge_ecg.aot.kernels import _broadcast_loops
+
+    op = Op(0, "MUL", (0, 1), (2,))
+
+    def t(*shape):
+        return Tensor(0, "t", shape, "int8", (0.1,), (0,))
+
+    assert _broadcast_loops(op, [t(1, 5, 7), t(7)], t(1, 5, 7)) == [(5, (7, 0)), (7, (1, 1))]
+    assert _broadcast_loops(op, [t(1, 1, 7), t(1, 5, 7)], t(1, 5, 7)) == [(5, (0, 7)), (7, (1, 1))]
+    assert _broadcast_loops(op, [t(1, 5, 1, 7), t(1, 1, 1, 7)], t(1, 5, 1, 7)) == [(5, (7, 0)), (7, (1, 1))]
+    assert _broadcast_loops(op, [t(1, 5, 7), t(1, 5, 7)], t(1, 5, 7)) == [(35, (1, 1))]
+    assert _broadcast_loops(op, [t(1, 5, 7), t(1)], t(1, 5, 7)) == [(35, (1, 0))]
+    assert _broadcast_loops(op, [t(4, 1), t(1, 3)], t(4, 3)) == [(4, (1, 0)), (3, (0, 1))]
+    with pytest.raises(AotError, match="do not broadcast"):
+        _broadcast_loops(op, [t(2, 3), t(3, 2)], t(2, 3))
+    with pytest.raises(AotError, match="do not broadcast"):
+        _broadcast_loops(op, [t(1, 5, 7), t(7)], t(5, 7))
+    with pytest.raises(AotError, match="5 dimensions"):
+        _broadcast_loops(op, [t(1, 2, 3, 4, 5), t(5)], t(1, 2, 3, 4, 5))
+
+
+def test_unsupported_variants_of_pad_reduce_max_and_mul_raise():
+    from edge_ecg.aot.kernels import lower
+
+    fb = schema()
+    reducer = fb.ReducerOptionsT()
+    mul = fb.MulOptionsT()
+    x = ((1, 8, 4), 0.1, 3, None)
+    axis = ((1,), None, None, np.array([1], np.int32))
+    cases = [
+        # REDUCE_MAX does not requantize: TFLM rejects different quantization.
+        ([x, axis, ((1, 4), 0.2, 3, None)], "REDUCE_MAX", (0, 1), reducer, "REDUCE_MAX rejects"),
+        ([x, ((3, 2), None, None, np.array([0, 0, -1, 2, 0, 0], np.int32)), ((1, 9, 4), 0.1, 3, None)],
+         "PAD", (0, 1), None, "negative paddings"),
+        ([x, ((3, 2), None, None, np.array([0, 0, 1, 1, 0, 0], np.int64)), ((1, 10, 4), 0.1, 3, None)],
+         "PAD", (0, 1), None, "constant int32"),
+        # PADV2's value must be quantized as the output.
+        ([x, ((3, 2), None, None, np.array([0, 0, 1, 1, 0, 0], np.int32)), ((), 0.1, 4, np.array(7, np.int8)),
+          ((1, 10, 4), 0.1, 3, None)], "PADV2", (0, 1, 2), None, "quantized as the output"),
+        ([((1, 8, 4), 0.1, 3, np.ones(32, np.int8)), ((4,), 0.1, 3, np.ones(4, np.int8)), ((1, 8, 4), 0.1, 3, None)],
+         "MUL", (0, 1), mul, "both inputs are constants"),
+        ([x, ((8,), 0.1, 0, np.ones(8, np.int8)), ((1, 8, 4), 0.1, 3, None)],
+         "MUL", (0, 1), mul, "do not broadcast"),
+    ]
+    for specs, name, inputs, options, message in cases:
+        graph, op = _hand_graph(specs, name, inputs, options)
+        with pytest.raises(AotError, match=message):
+            lower(graph, op, "double")
 
 
 def test_not_a_model_raises(tmp_path):

@@ -7,10 +7,11 @@ that computes bit-identical outputs to TFLite Micro's reference kernels: weights
 computes them, one function per op with shapes folded in, and every intermediate
 tensor at a fixed offset in one static activation buffer (:func:`memory_plan`).
 
-Supported builtin ops: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, MEAN,
-AVERAGE_POOL_2D, MAX_POOL_2D, ADD, CONCATENATION, LOGISTIC, QUANTIZE (int8 to int8),
-RESHAPE, EXPAND_DIMS and SQUEEZE. Anything else raises :class:`AotError` at
-generation time.
+Supported builtin ops: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, MEAN, REDUCE_MAX,
+AVERAGE_POOL_2D, MAX_POOL_2D, ADD and MUL (with broadcasting up to 4-D, either input
+may be a constant), PAD and PADV2, CONCATENATION, LOGISTIC, QUANTIZE (int8 to int8),
+RESHAPE, EXPAND_DIMS and SQUEEZE. Anything else, and any variant of these TFLM would
+reject or that is not reproduced exactly, raises :class:`AotError` at generation time.
 
 Importing this package does not import TensorFlow.
 """

@@ -503,10 +503,51 @@ def lower_fully_connected(graph: Graph, op: Op, rounding: str) -> Step:
     return Step(op, "compute", (inp.index,), out.index, emit, {"macs": batches * n * k})
 
 
-# --- MEAN -------------------------------------------------------------------------------
+# --- MEAN / REDUCE_MAX ------------------------------------------------------------------
 
 
-def lower_mean(graph: Graph, op: Op, rounding: str) -> Step:
+@dataclass
+class _Reduction:
+    """A reduction over ``axes`` of ``inp``: the loops the C code runs."""
+
+    inp: Tensor
+    out: Tensor
+    axes: list[int]
+    count: int  # values reduced into each output
+    outer: list[tuple[int, int]]  # (size, input stride) of the kept dimensions > 1
+    inner: list[tuple[int, int]]  # (size, input stride) of the reduced dimensions > 1
+
+    def loops(self, init: str, update: str, finish: str) -> str:
+        """C that writes the outputs in order through ``o``: for each, ``init`` (with
+        ``x`` pointing at its first input), ``update`` once per reduced value ``x[idx]``
+        (``{x}`` in the template), then ``finish``, which stores ``*o++``."""
+        lines = ["int8_t *o = out;\n"]
+        depth = 0
+        for i, (size, _) in enumerate(self.outer):
+            lines.append("  " * depth + f"for (int k{i} = 0; k{i} < {size}; ++k{i}) {{\n")
+            depth += 1
+        base = _index([(f"k{i}", stride) for i, (_, stride) in enumerate(self.outer)])
+        lines.append("  " * depth + f"const int8_t *const x = in + {base};\n")
+        lines.append(_indent(init, 2 * depth))
+        inner_depth = depth
+        for i, (size, _) in enumerate(self.inner):
+            lines.append("  " * inner_depth + f"for (int r{i} = 0; r{i} < {size}; ++r{i}) {{\n")
+            inner_depth += 1
+        idx = _index([(f"r{i}", stride) for i, (_, stride) in enumerate(self.inner)])
+        lines.append(_indent(update.format(x=f"x[{idx}]"), 2 * inner_depth))
+        for _ in self.inner:
+            inner_depth -= 1
+            lines.append("  " * inner_depth + "}\n")
+        lines.append(_indent(finish, 2 * depth))
+        for _ in self.outer:
+            depth -= 1
+            lines.append("  " * depth + "}\n")
+        return "".join(lines)
+
+
+def _reduction(graph: Graph, op: Op) -> _Reduction:
+    """Checks shared by MEAN and REDUCE_MAX, and the axes resolved as TFLM's
+    ResolveAxis does (negative axes wrapped, duplicates dropped)."""
     o = _options(op)
     inp, out = _input(graph, op), _output(graph, op)
     axis_t = _tensor(graph, op, 1, "axis")
@@ -526,7 +567,18 @@ def lower_mean(graph: Graph, op: Op, rounding: str) -> Step:
     ]
     if int(np.prod(expected, dtype=np.int64)) != out.size:
         raise op.error(f"output {out.describe()} does not match reducing {inp.describe()} over {axes}")
+    if inp.size == 0:
+        raise op.error("empty input")
     count = int(np.prod([inp.shape[a] for a in axes], dtype=np.int64)) if axes else 1
+    strides = [int(np.prod(inp.shape[d + 1 :], dtype=np.int64)) for d in range(rank)]
+    outer = [(inp.shape[d], strides[d]) for d in kept if inp.shape[d] > 1]
+    inner = [(inp.shape[d], strides[d]) for d in axes if inp.shape[d] > 1]
+    return _Reduction(inp, out, axes, count, outer, inner)
+
+
+def lower_mean(graph: Graph, op: Op, rounding: str) -> Step:
+    r = _reduction(graph, op)
+    inp, out, count = r.inp, r.out, r.count
     # PrepareMeanOrSumHelper + QuantizedMeanOrSum: the 1/count factor is folded into
     # the multiplier using shift = floor(log2(count)), clamped as TFLM does.
     mult, shift = fp.quantize_multiplier(inp.scale / out.scale, rounding)
@@ -534,40 +586,44 @@ def lower_mean(graph: Graph, op: Op, rounding: str) -> Step:
     mult = (mult << extra) // count
     shift -= extra
     in_zp, out_zp = inp.zero_point, out.zero_point
-    strides = [int(np.prod(inp.shape[d + 1 :], dtype=np.int64)) for d in range(rank)]
-    outer = [(inp.shape[d], strides[d]) for d in kept if inp.shape[d] > 1]
-    inner = [(inp.shape[d], strides[d]) for d in axes if inp.shape[d] > 1]
 
     def emit(fn: str) -> CFunction:
-        lines = ["int8_t *o = out;\n"]
-        depth = 0
-        for i, (size, _) in enumerate(outer):
-            lines.append("  " * depth + f"for (int k{i} = 0; k{i} < {size}; ++k{i}) {{\n")
-            depth += 1
-        base = _index([(f"k{i}", stride) for i, (_, stride) in enumerate(outer)])
-        lines.append("  " * depth + f"const int8_t *const x = in + {base};\n")
-        lines.append("  " * depth + "int32_t sum = 0;\n")
-        inner_depth = depth
-        for i, (size, _) in enumerate(inner):
-            lines.append("  " * inner_depth + f"for (int r{i} = 0; r{i} < {size}; ++r{i}) {{\n")
-            inner_depth += 1
-        idx = _index([(f"r{i}", stride) for i, (_, stride) in enumerate(inner)])
-        lines.append("  " * inner_depth + f"sum += x[{idx}];\n")
-        for _ in inner:
-            inner_depth -= 1
-            lines.append("  " * inner_depth + "}\n")
-        pad = "  " * depth
-        lines.append(pad + f"int32_t acc = sum{_plus(-in_zp * count)};\n")
-        lines.append(_indent(_requant_lines(c_int(mult), c_int(shift), out_zp, -128, 127), 2 * depth))
-        lines.append(pad + "*o++ = (int8_t)acc;\n")
-        for _ in outer:
-            depth -= 1
-            lines.append("  " * depth + "}\n")
+        finish = (
+            f"int32_t acc = sum{_plus(-in_zp * count)};\n"
+            + _requant_lines(c_int(mult), c_int(shift), out_zp, -128, 127)
+            + "*o++ = (int8_t)acc;\n"
+        )
         func = (
             f"/* MEAN (op #{op.index}): {inp.describe()} -> {out.describe()} over axes "
-            f"{axes}, {count} values each */\n"
+            f"{r.axes}, {count} values each */\n"
             f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
-            + _indent("".join(lines), 2)
+            + _indent(r.loops("int32_t sum = 0;\n", "sum += {x};\n", finish), 2)
+            + "}\n"
+        )
+        return CFunction("", func, 0)
+
+    return Step(op, "compute", (inp.index,), out.index, emit)
+
+
+def lower_reduce_max(graph: Graph, op: Op, rounding: str) -> Step:
+    r = _reduction(graph, op)
+    inp, out = r.inp, r.out
+    # EvalMaxHelper (int8) insists on identical quantization: ReduceGeneric then keeps
+    # the largest raw int8 value, starting from -128, with no requantization.
+    if float(np.float32(inp.scale)) != float(np.float32(out.scale)) or inp.zero_point != out.zero_point:
+        raise op.error(
+            f"input quantization ({inp.scale}, {inp.zero_point}) differs from the output's "
+            f"({out.scale}, {out.zero_point}); TFLM's int8 REDUCE_MAX rejects this"
+        )
+
+    def emit(fn: str) -> CFunction:
+        func = (
+            f"/* REDUCE_MAX (op #{op.index}): {inp.describe()} -> {out.describe()} over axes "
+            f"{r.axes}, {r.count} values each */\n"
+            f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
+            + _indent(
+                r.loops("int8_t m = -128;\n", "if ({x} > m) m = {x};\n", "*o++ = m;\n"), 2
+            )
             + "}\n"
         )
         return CFunction("", func, 0)
@@ -664,16 +720,113 @@ def lower_max_pool_2d(graph: Graph, op: Op, rounding: str) -> Step:
     return _lower_pool(graph, op, "max")
 
 
-# --- ADD --------------------------------------------------------------------------------
+# --- ADD / MUL: element-wise with broadcasting ------------------------------------------
+
+_MAX_BROADCAST_RANK = 4  # TFLM's BroadcastMul4DSlow (and BroadcastAdd4DSlow) index 4-D
+
+
+def _operand(graph: Graph, op: Op, position: int) -> Tensor:
+    """An int8 per-tensor input that may be an activation or a constant (the converter
+    leaves a batch normalization's scale and offset as constant int8 vectors)."""
+    t = _tensor(graph, op, position, "input")
+    if not t.is_const:
+        return _input(graph, op, position)
+    if t.dtype != "int8":
+        raise op.error(f"constant input {t.name!r} is {t.dtype}; only int8 is supported")
+    if not t.scales or not t.per_tensor:
+        raise op.error(f"constant input {t.name!r} needs per-tensor int8 quantization")
+    return t
+
+
+def _broadcast_loops(op: Op, ins: Sequence[Tensor], out: Tensor) -> list[tuple[int, tuple[int, ...]]]:
+    """Loops over the output in memory order as ``(size, (stride in each input, ...))``,
+    numpy broadcasting rules (TFLM's NdArrayDescsForElementwiseBroadcast): an input
+    dimension of 1 facing a larger output dimension has stride 0. Dimensions of size 1
+    are dropped and neighbours that are contiguous in every input are merged, so an
+    element-wise op is one loop and (1, T, C) * (C,) two."""
+    rank = len(out.shape)
+    try:
+        shape = tuple(int(d) for d in np.broadcast_shapes(*(t.shape for t in ins)))
+    except ValueError:
+        shape = None
+    if shape != out.shape:
+        raise op.error(
+            f"shapes {', '.join(t.describe() for t in ins)} do not broadcast to {out.describe()}"
+        )
+    broadcast = any(t.shape != out.shape for t in ins)
+    if broadcast and rank > _MAX_BROADCAST_RANK:
+        raise op.error(
+            f"broadcasting to {rank} dimensions is not supported (TFLM broadcasts up to "
+            f"{_MAX_BROADCAST_RANK})"
+        )
+    extended = [(1,) * (rank - len(t.shape)) + tuple(t.shape) for t in ins]
+    dims: list[tuple[int, tuple[int, ...]]] = []
+    for d in range(rank):
+        size = out.shape[d]
+        if size == 1:
+            continue
+        strides = tuple(
+            0 if e[d] == 1 else int(np.prod(e[d + 1 :], dtype=np.int64)) for e in extended
+        )
+        if dims:
+            prev_size, prev_strides = dims[-1]
+            if all(p == s * size for p, s in zip(prev_strides, strides)):
+                dims[-1] = (prev_size * size, strides)
+                continue
+        dims.append((size, strides))
+    return dims
+
+
+def _binary_step(
+    op: Op, ins: Sequence[Tensor], out: Tensor, what: str, element: Callable[[str, str], str]
+) -> Step:
+    """A compute step for an element-wise int8 op of two inputs. ``element(a, b)`` is the
+    C computing ``int32_t acc`` (clamped, ready to store) from the int8 expressions
+    ``a`` and ``b``. Constant inputs become ``static const`` arrays of the function."""
+    dims = _broadcast_loops(op, ins, out)
+    activations = [t for t in ins if not t.is_const]
+    if not activations:
+        raise op.error("both inputs are constants")
+
+    def emit(fn: str) -> CFunction:
+        data, nbytes, names = "", 0, []
+        params = []
+        for i, t in enumerate(ins):
+            if t.is_const:
+                names.append(f"{fn}_in{i + 1}")
+                data += c_array("int8_t", names[-1], t.data.reshape(-1), 16)
+                nbytes += t.size
+            else:
+                names.append(f"in{i + 1}")
+                params.append(f"const int8_t *restrict in{i + 1}")
+        lines, depth = [], 0
+        for k, (size, _) in enumerate(dims):
+            lines.append("  " * depth + f"for (int k{k} = 0; k{k} < {size}; ++k{k}) {{\n")
+            depth += 1
+        refs = [
+            f"{name}[{_index([(f'k{k}', s[i]) for k, (_, s) in enumerate(dims) if s[i]])}]"
+            for i, name in enumerate(names)
+        ]
+        body = element(*refs) + "*o++ = (int8_t)acc;\n"
+        lines.append(_indent(body, 2 * depth))
+        for _ in dims:
+            depth -= 1
+            lines.append("  " * depth + "}\n")
+        sign = " * " if op.name == "MUL" else " + "
+        func = (
+            f"/* {op.name} (op #{op.index}): {sign.join(t.describe() for t in ins)} -> {out.describe()}"
+            f"{', broadcast' if any(t.shape != out.shape for t in ins) else ''}, {what} */\n"
+            f"static void {fn}({', '.join(params)}, int8_t *restrict out) {{\n"
+            "  int8_t *o = out;\n" + _indent("".join(lines), 2) + "}\n"
+        )
+        return CFunction(data, func, nbytes)
+
+    return Step(op, "compute", tuple(t.index for t in activations), out.index, emit)
 
 
 def lower_add(graph: Graph, op: Op, rounding: str) -> Step:
     o = _options(op)
-    a, b, out = _input(graph, op, 0), _input(graph, op, 1), _output(graph, op)
-    if a.shape != out.shape or b.shape != out.shape:
-        raise op.error(
-            f"broadcasting ({a.describe()} + {b.describe()} -> {out.describe()}) is not supported"
-        )
+    a, b, out = _operand(graph, op, 0), _operand(graph, op, 1), _output(graph, op)
     act = _fused(op, o.fusedActivationFunction)
     amin, amax = fp.activation_range(act, out.scale, out.zero_point)
     # CalculateOpDataAdd: both inputs rescaled to twice the larger scale, << 20.
@@ -687,28 +840,114 @@ def lower_add(graph: Graph, op: Op, rounding: str) -> Step:
     mo, so = fp.quantize_multiplier(real_out, rounding)
     if s1 > 0 or s2 > 0 or so > 0:
         raise op.error("rescale multipliers must be smaller than one")
-
     scale_up = 1 << left_shift
 
-    def emit(fn: str) -> CFunction:
-        func = (
-            f"/* ADD (op #{op.index}): {a.describe()} + {b.describe()}, "
-            f"{_ACTIVATIONS[act]} [{amin}, {amax}] */\n"
-            f"static void {fn}(const int8_t *restrict in1, const int8_t *restrict in2, "
-            f"int8_t *restrict out) {{\n"
-            f"  for (int i = 0; i < {out.size}; ++i) {{\n"
-            f"    const int32_t x1 = aot_mbqm(((int32_t)in1[i]{_plus(-a.zero_point)}) * {scale_up}, "
+    def element(x1: str, x2: str) -> str:
+        # AddFunc: the same arithmetic on the broadcast and the element-wise path.
+        return (
+            f"const int32_t x1 = aot_mbqm(((int32_t){x1}{_plus(-a.zero_point)}) * {scale_up}, "
             f"{m1}, {s1});\n"
-            f"    const int32_t x2 = aot_mbqm(((int32_t)in2[i]{_plus(-b.zero_point)}) * {scale_up}, "
+            f"const int32_t x2 = aot_mbqm(((int32_t){x2}{_plus(-b.zero_point)}) * {scale_up}, "
             f"{m2}, {s2});\n"
-            f"    int32_t acc = x1 + x2;\n"
-            + _indent(_requant_lines(str(mo), str(so), out.zero_point, amin, amax), 4)
-            + "    out[i] = (int8_t)acc;\n"
-            "  }\n}\n"
+            "int32_t acc = x1 + x2;\n"
+            + _requant_lines(str(mo), str(so), out.zero_point, amin, amax)
+        )
+
+    return _binary_step(op, (a, b), out, f"{_ACTIVATIONS[act]} [{amin}, {amax}]", element)
+
+
+def lower_mul(graph: Graph, op: Op, rounding: str) -> Step:
+    o = _options(op)
+    a, b, out = _operand(graph, op, 0), _operand(graph, op, 1), _output(graph, op)
+    act = _fused(op, o.fusedActivationFunction)
+    amin, amax = fp.activation_range(act, out.scale, out.zero_point)
+    # CalculateOpDataMul: double(input1) * double(input2) / double(output).
+    mult, shift = fp.quantize_multiplier(a.scale * b.scale / out.scale, rounding)
+
+    def element(x1: str, x2: str) -> str:
+        # MulElementwise / BroadcastMul4DSlow: one requantization of the product.
+        return (
+            f"int32_t acc = ((int32_t){x1}{_plus(-a.zero_point)}) * "
+            f"((int32_t){x2}{_plus(-b.zero_point)});\n"
+            + _requant_lines(c_int(mult), c_int(shift), out.zero_point, amin, amax)
+        )
+
+    return _binary_step(op, (a, b), out, f"{_ACTIVATIONS[act]} [{amin}, {amax}]", element)
+
+
+# --- PAD / PADV2 ------------------------------------------------------------------------
+
+_MAX_PAD_RANK = 5  # reference_ops::PadKernelMaxDimensionCount
+
+
+def lower_pad(graph: Graph, op: Op, rounding: str) -> Step:
+    inp, out = _input(graph, op), _output(graph, op)
+    if len(op.inputs) not in (2, 3):
+        raise op.error(f"expected 2 or 3 inputs, got {len(op.inputs)}")
+    rank = len(inp.shape)
+    if rank > _MAX_PAD_RANK:
+        raise op.error(f"input {inp.describe()} has more than {_MAX_PAD_RANK} dimensions")
+    paddings_t = _tensor(graph, op, 1, "paddings")
+    if not paddings_t.is_const or paddings_t.dtype != "int32":
+        raise op.error("paddings must be a constant int32 tensor (TFLM)")
+    if paddings_t.size != 2 * len(out.shape) or len(out.shape) != rank:
+        raise op.error(f"paddings {paddings_t.describe()} do not fit {inp.describe()} -> {out.describe()}")
+    pads = [tuple(int(v) for v in row) for row in paddings_t.data.reshape(rank, 2)]
+    if any(p < 0 for row in pads for p in row):
+        raise op.error(f"negative paddings {pads} are not supported")
+    for d in range(rank):
+        if out.shape[d] != inp.shape[d] + pads[d][0] + pads[d][1]:
+            raise op.error(f"output {out.describe()} is not {inp.describe()} padded by {pads}")
+    if len(op.inputs) == 3 and op.inputs[2] >= 0:
+        # PADV2: the padding value is given; TFLM wants it quantized as the output.
+        cv = _tensor(graph, op, 2, "constant_values")
+        if not cv.is_const or cv.dtype != "int8" or cv.size != 1:
+            raise op.error("constant_values must be a constant int8 scalar")
+        if not cv.scales or cv.zero_point != out.zero_point or cv.scale != out.scale:
+            raise op.error("constant_values are not quantized as the output (TFLM rejects this)")
+        pad_value, source = int(cv.data.reshape(-1)[0]), "constant_values"
+    else:
+        # PAD on int8: the output zero point, which represents 0.0.
+        pad_value, source = out.zero_point, "output zero point"
+    # The input is copied as it is (no requantization): TFLM copies raw values too.
+    padded = [d for d in range(rank) if pads[d] != (0, 0)]
+    inner = padded[-1] if padded else -1  # rows of this dimension are contiguous runs
+    run = int(np.prod(inp.shape[inner:], dtype=np.int64)) if padded else inp.size
+    out_strides = [int(np.prod(out.shape[d + 1 :], dtype=np.int64)) for d in range(rank)]
+    in_strides = [int(np.prod(inp.shape[d + 1 :], dtype=np.int64)) for d in range(rank)]
+    loops = [d for d in range(max(inner, 0)) if inp.shape[d] > 1]
+    start = sum(pads[d][0] * out_strides[d] for d in range(rank))
+
+    def emit(fn: str) -> CFunction:
+        lines, depth = [], 0
+        for d in loops:
+            lines.append("  " * depth + f"for (int k{d} = 0; k{d} < {inp.shape[d]}; ++k{d}) {{\n")
+            depth += 1
+        dst = " + ".join(
+            [v for v in (_index([(f"k{d}", out_strides[d]) for d in loops]), str(start)) if v != "0"]
+        )
+        src = _index([(f"k{d}", in_strides[d]) for d in loops])
+        dst = f"out + {dst}" if dst else "out"
+        src = f"in + {src}" if src != "0" else "in"
+        lines.append("  " * depth + f"memcpy({dst}, {src}, {run});\n")
+        for _ in loops:
+            depth -= 1
+            lines.append("  " * depth + "}\n")
+        fill = (
+            f"  memset(out, {pad_value & 0xFF}, {out.size});  /* int8 {pad_value} everywhere */\n"
+            if padded else ""
+        )
+        func = (
+            f"/* {op.name} (op #{op.index}): {inp.describe()} -> {out.describe()}, paddings "
+            f"{[list(p) for p in pads]}, value {pad_value} ({source}) */\n"
+            f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
+            + fill
+            + _indent("".join(lines), 2)
+            + "}\n"
         )
         return CFunction("", func, 0)
 
-    return Step(op, "compute", (a.index, b.index), out.index, emit)
+    return Step(op, "compute", (inp.index,), out.index, emit)
 
 
 # --- CONCATENATION ----------------------------------------------------------------------
@@ -824,6 +1063,10 @@ LOWERINGS: dict[str, Callable[[Graph, Op, str], Step]] = {
     "AVERAGE_POOL_2D": lower_average_pool_2d,
     "MAX_POOL_2D": lower_max_pool_2d,
     "ADD": lower_add,
+    "MUL": lower_mul,
+    "PAD": lower_pad,
+    "PADV2": lower_pad,
+    "REDUCE_MAX": lower_reduce_max,
     "CONCATENATION": lower_concatenation,
     "LOGISTIC": lower_logistic,
     "QUANTIZE": lower_quantize,
