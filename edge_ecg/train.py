@@ -211,6 +211,22 @@ class FitOptions:
     distill_alpha: float = 0.0
     distill_temperature: float = 1.0
 
+    @classmethod
+    def from_config(cls, config: "TrainConfig", **overrides) -> "FitOptions":
+        """The fit options of a run's training configuration, with ``overrides`` (compression's fine-tunes)."""
+        options = dict(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            patience=config.patience,
+            seed=config.seed,
+            augment=config.augment,
+            class_weighted=config.class_weighted,
+            distill_alpha=config.distill_alpha if config.teacher else 0.0,
+            distill_temperature=config.distill_temperature,
+        )
+        return cls(**{**options, **overrides})
+
 
 def train(
     run: str | os.PathLike,
@@ -252,18 +268,7 @@ def train(
         config.arch, num_samples=data.x_train.shape[1], num_leads=data.x_train.shape[2], num_classes=len(CLASSES), **config.arch_kwargs
     )
     check_input_shape(model, data.x_train, "training data")
-    options = FitOptions(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        patience=config.patience,
-        seed=config.seed,
-        augment=config.augment,
-        class_weighted=config.class_weighted,
-        distill_alpha=config.distill_alpha if config.teacher else 0.0,
-        distill_temperature=config.distill_temperature,
-    )
-    state = fit(model, data, run, options, progress=progress, on_epoch_end=on_epoch_end)
+    state = fit(model, data, run, FitOptions.from_config(config), progress=progress, on_epoch_end=on_epoch_end)
     if not (run / MODEL_FILE).is_file() or state.get("model_saved_epoch") != state["best_epoch"]:
         model.load_weights(run / STATE_DIR / BEST_WEIGHTS)
         model.save(run / MODEL_FILE)

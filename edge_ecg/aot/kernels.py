@@ -223,6 +223,20 @@ class _Multipliers:
         return f"{fn}_multiplier[{self.index}]", f"{fn}_shift[{self.index}]"
 
 
+def _window_bounds(ih: int, iw: int, kh: int, kw: int) -> tuple[str, str]:
+    """C lines clipping a kernel window at (iy0, ix0) to the input: rows, then columns and ``full``."""
+    rows = (
+        f"const int ky0 = iy0 < 0 ? -iy0 : 0;\n"
+        f"const int ky1 = {ih} - iy0 < {kh} ? {ih} - iy0 : {kh};\n"
+    )
+    cols = (
+        f"const int kx0 = ix0 < 0 ? -ix0 : 0;\n"
+        f"const int kx1 = {iw} - ix0 < {kw} ? {iw} - ix0 : {kw};\n"
+        f"const int full = ky0 == 0 && ky1 == {kh} && kx0 == 0 && kx1 == {kw};\n"
+    )
+    return rows, cols
+
+
 def _filter_data(fn: str, weights, bias_full, bias, partial: bool, mults, channel: str):
     """The constant arrays of a convolution: weights, bias with the input offset folded in,
     the plain bias where padding clips windows, and the requantization multipliers.
@@ -320,15 +334,7 @@ def lower_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
             body = (
                 "if (full) {\n" + _indent(full, 2) + "} else {\n" + _indent(clipped, 2) + "}\n"
             )
-            window = (
-                f"const int ky0 = iy0 < 0 ? -iy0 : 0;\n"
-                f"const int ky1 = {ih} - iy0 < {kh} ? {ih} - iy0 : {kh};\n"
-            )
-            window_x = (
-                f"const int kx0 = ix0 < 0 ? -ix0 : 0;\n"
-                f"const int kx1 = {iw} - ix0 < {kw} ? {iw} - ix0 : {kw};\n"
-                f"const int full = ky0 == 0 && ky1 == {kh} && kx0 == 0 && kx1 == {kw};\n"
-            )
+            window, window_x = _window_bounds(ih, iw, kh, kw)
         else:
             body, window, window_x = full, "", ""
         func = (
@@ -410,15 +416,7 @@ def lower_depthwise_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
                 f"  }}\n}}\n"
             )
             body = "if (full) {\n" + _indent(full, 2) + "} else {\n" + _indent(clipped, 2) + "}\n"
-            window = (
-                f"const int ky0 = iy0 < 0 ? -iy0 : 0;\n"
-                f"const int ky1 = {ih} - iy0 < {kh} ? {ih} - iy0 : {kh};\n"
-            )
-            window_x = (
-                f"const int kx0 = ix0 < 0 ? -ix0 : 0;\n"
-                f"const int kx1 = {iw} - ix0 < {kw} ? {iw} - ix0 : {kw};\n"
-                f"const int full = ky0 == 0 && ky1 == {kh} && kx0 == 0 && kx1 == {kw};\n"
-            )
+            window, window_x = _window_bounds(ih, iw, kh, kw)
         else:
             body, window, window_x = full, "", ""
         func = (

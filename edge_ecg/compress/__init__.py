@@ -137,15 +137,13 @@ def compress(
             select_from = math.ceil(end_step / steps_per_epoch)  # only epochs at full target sparsity count
         else:
             model = quantize(model, preserve_sparsity=(kind == "pqat"))
-        options = FitOptions(
+        options = FitOptions.from_config(
+            config,
             epochs=epochs,
-            batch_size=config.batch_size,
             learning_rate=learning_rate,
             patience=epochs,  # short fine-tunes run to the end; the best epoch is kept
-            seed=config.seed,
-            augment=config.augment,
-            class_weighted=config.class_weighted,
             select_from_epoch=select_from,
+            distill_alpha=0.0,  # fine-tunes learn from the labels
         )
         state = fit(model, data, out, options, callbacks=callbacks, progress=progress)
         model.load_weights(out / "state" / "best.weights.h5")
