@@ -269,7 +269,7 @@ def checksum_runner_outputs(data: bytes, count: int = HOST_OUTPUT_COUNT) -> list
     """The int8 outputs the host port's checksum runner computes for ``data``.
 
     A transport check, not a model: output k hashes the bytes at positions
-    k, k+count, ... in order, weighted by position, as ``firmware/host/main.c``
+    k, k+count, ... in order, weighted by position, as ``firmware/host/checksum_model.c``
     does, so any lost, changed or moved byte shows.
     """
     outputs = []
