@@ -73,3 +73,9 @@ def test_a_device_with_another_models_hash_is_refused(pipeline_run, tmp_path):
 def test_bench_without_an_export_names_the_fix(tmp_path, capsys):
     assert main(["bench", "--run", str(tmp_path), "--emulator"]) == 1
     assert "edge-ecg export --run" in capsys.readouterr().err
+
+
+def test_a_port_that_does_not_exist_is_a_clear_error(pipeline_run, capsys):
+    assert main(["bench", "--run", str(pipeline_run), "--port", "/dev/ttyNOPE"]) == 1
+    err = capsys.readouterr().err
+    assert "/dev/ttyNOPE: cannot open the serial port" in err and "Traceback" not in err
