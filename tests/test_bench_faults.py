@@ -182,3 +182,25 @@ def test_a_device_that_never_answers_fails_the_record_with_reasons(host_exe, rec
     outcome = session.run(records[0][1])
     assert outcome.status == "failed" and outcome.attempts == 2
     assert any("attempt 1" in e for e in outcome.errors)
+
+
+def test_a_device_blocked_on_its_own_output_turns_a_write_into_a_timeout_not_a_hang(host_exe):
+    """Garbage makes the device answer every byte pair with an error line; unread, those replies fill the
+    pty and the device stops reading. The write must give up in bounded time, and resync must recover."""
+    from edge_ecg.bench.protocol import DutClient
+
+    process, transport = spawn_on_pty([str(host_exe)])
+    try:
+        transport.write_timeout = 1.0
+        client = DutClient(transport, timeout=3.0)
+        client.resync()
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="took no input"):
+            transport.write(b"x%" * 100_000)
+        assert time.monotonic() - started < 5
+        client.resync(timeout=30.0)
+        assert client.name() == "host-checksum"
+    finally:
+        process.kill()
+        process.wait()
+        transport.close()

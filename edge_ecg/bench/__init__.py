@@ -84,7 +84,7 @@ def _serial_connect(port: str, baud: int) -> Callable:
         import serial
 
         try:
-            return serial.Serial(port, baud, timeout=0.05)
+            return serial.Serial(port, baud, timeout=0.05, write_timeout=5.0)  # a stuck write becomes a retried fault
         except serial.SerialException as exc:
             raise BenchError(f"{port}: cannot open the serial port ({exc}); is the board attached and no monitor using it?") from None
 

@@ -202,17 +202,26 @@ class FdTransport:
     is. A closed other side (``EIO`` on a pty) raises ``ConnectionError``.
     """
 
-    def __init__(self, fd: int, timeout: float | None = 0.05):
+    def __init__(self, fd: int, timeout: float | None = 0.05, write_timeout: float = 5.0):
         self.fd = fd
         self.timeout = timeout
+        self.write_timeout = write_timeout
+        # Non-blocking writes: a device that is itself blocked writing to us (its output
+        # unread while we send a record) would otherwise deadlock both ends of the pty.
+        os.set_blocking(fd, False)
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
+        deadline = time.monotonic() + self.write_timeout
         while view:
             try:
                 sent = os.write(self.fd, view)
             except BlockingIOError:
-                select.select([], [self.fd], [])
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([], [self.fd], [], remaining)[1]:
+                    raise TimeoutError(
+                        f"the device took no input for {self.write_timeout:g} s ({len(view)} of {len(data)} bytes unsent)"
+                    ) from None
                 continue
             view = view[sent:]
         return len(data)
