@@ -25,7 +25,7 @@ import numpy as np
 from edge_ecg import CLASSES
 from edge_ecg.data import PtbxlDataset
 from edge_ecg.metrics import MetricError, bootstrap_auc, bootstrap_samples, macro_auc, per_class_auc
-from edge_ecg.train import RunError, TrainConfig, write_json
+from edge_ecg.train import RunError, TrainConfig, check_same_config, write_json
 
 CV_FILE = "cv.json"
 FOLDS = tuple(range(1, 11))
@@ -44,11 +44,8 @@ def _open_cv(cv_dir: Path, config: TrainConfig) -> None:
     wanted = {"format": 1, "train": asdict(replace(config, test_fold=0, val_fold=0))}
     path = cv_dir / CV_FILE
     if path.is_file():
-        saved = json.loads(path.read_text())
-        saved_train = asdict(TrainConfig.from_dict(saved["train"]))
-        if saved_train != wanted["train"]:
-            diff = sorted(k for k in wanted["train"] if saved_train.get(k) != wanted["train"][k])
-            raise RunError(f"{path}: this rotation was started with other settings ({', '.join(diff)}); use the same options or another folder")
+        saved = json.loads(path.read_text())["train"]
+        check_same_config(path, saved, replace(config, test_fold=0, val_fold=0), "use the same options or another folder")
         return
     cv_dir.mkdir(parents=True, exist_ok=True)
     write_json(path, wanted)

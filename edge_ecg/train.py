@@ -137,16 +137,21 @@ def open_run(run: Path, config: TrainConfig) -> None:
     cfg_path = run / CONFIG_FILE
     wanted = {"format": RUN_FORMAT, "edge_ecg": __version__, "train": asdict(config)}
     if cfg_path.is_file():
-        saved = asdict(TrainConfig.from_dict(read_run_config(run)["train"]))  # options added later take defaults
-        if saved != wanted["train"]:
-            diff = sorted(k for k in wanted["train"] if saved.get(k) != wanted["train"][k])
-            raise RunError(
-                f"{cfg_path}: this run was started with other settings ({', '.join(diff)}); "
-                "give the same options to resume it, or a new --run folder"
-            )
+        check_same_config(cfg_path, read_run_config(run)["train"], config, "give the same options to resume it, or a new --run folder")
         return
     run.mkdir(parents=True, exist_ok=True)
     write_json(cfg_path, wanted)
+
+
+def check_same_config(path: Path, saved: dict, config: TrainConfig, fix: str) -> None:
+    """RunError naming the options in which ``config`` differs from the one saved in ``path``.
+
+    Options added to TrainConfig after the file was written take their defaults.
+    """
+    old, new = asdict(TrainConfig.from_dict(saved)), asdict(config)
+    if old != new:
+        diff = sorted(k for k in new if old.get(k) != new[k])
+        raise RunError(f"{path}: this was started with other settings ({', '.join(diff)}); {fix}")
 
 
 def read_run_config(run: Path) -> dict:
