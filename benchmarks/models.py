@@ -68,7 +68,9 @@ CV_PLAN = (
     ("dscnn seed 1", "dscnn", 20, 1, None),
     ("resnet1d_wang", "resnet1d_wang", 8, 0, None),
     ("inception_cnn", "inception_cnn", 4, 0, None),
+    ("dscnn seed 2", "dscnn", 20, 2, None),
 )
+SEED_ROWS = ("dscnn", "dscnn seed 1", "dscnn seed 2")  # one configuration, three seeds: mean +- sd and their ensemble
 INT8_ROWS = ("dscnn", "dscnn distilled")
 
 
@@ -102,6 +104,7 @@ def int8_rotations(cv_dir: Path, dataset) -> dict[str, Path]:
 
 def cv_main(args, dataset, data) -> None:
     from edge_ecg import cv
+    from edge_ecg.metrics import macro_auc
     from edge_ecg.models import build, summary
     from edge_ecg.train import TrainConfig
 
@@ -123,11 +126,16 @@ def cv_main(args, dataset, data) -> None:
                 size = json.loads((cv.fold_dir(out / f"{_slug(name)}-int8", 10) / "export.json").read_text())
                 meta[f"{name} {label}"] = {**meta[name], "int8_bytes": size["tflite"]["bytes"]}
         write_cv_table(out, pooled, meta)
-    if "dscnn" in pooled and "dscnn seed 1" in pooled:
-        ids, labels, probs, folds = cv.ensemble([out / "dscnn", out / "dscnn_seed_1"])
-        pooled["dscnn 2-seed ensemble"] = (ids, labels, probs, folds)
-        meta["dscnn 2-seed ensemble"] = {**meta["dscnn"], "params": 2 * meta["dscnn"]["params"], "macs": 2 * meta["dscnn"]["macs"]}
-    print(write_cv_table(out, pooled, meta))
+    seeds = [name for name in SEED_ROWS if name in pooled]
+    if len(seeds) > 1:
+        name = f"dscnn {len(seeds)}-seed ensemble"
+        pooled[name] = cv.ensemble([out / _slug(n) for n in seeds])
+        meta[name] = {**meta["dscnn"], "params": len(seeds) * meta["dscnn"]["params"], "macs": len(seeds) * meta["dscnn"]["macs"]}
+    table = write_cv_table(out, pooled, meta)
+    if len(seeds) > 1:
+        aucs = [macro_auc(pooled[n][1], pooled[n][2]) for n in seeds]
+        table += f"\ndscnn single seeds ({', '.join(seeds)}): mean {np.mean(aucs):.4f} +- {np.std(aucs, ddof=1):.4f} sd"
+    print(table)
 
 
 def write_cv_table(out: Path, pooled: dict, meta: dict) -> str:

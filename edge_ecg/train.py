@@ -368,6 +368,7 @@ def fit(
             for cb in callbacks:
                 cb.on_epoch_end(epoch)
             bar.remove_task(task)
+            recompute_batch_norm_statistics(model, data.x_train)
             p_val = predict(model, data.x_val)
             try:
                 val_auc = macro_auc(data.y_val, p_val)
@@ -403,6 +404,51 @@ def fit(
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
     return state
+
+
+BN_STATISTICS_RECORDS = 4096  # PreciseBN-style: a few thousand samples estimate the statistics well
+
+
+def recompute_batch_norm_statistics(model, x: np.ndarray, batch_size: int = 256) -> int:
+    """Set every BatchNormalization layer's moving mean and variance to their averages over ``x``.
+
+    Why: Keras tracks them as exponential averages (momentum 0.99) of *augmented* training
+    batches. On a small dataset (about 24 steps per epoch here) they trail the weights by
+    several epochs, so each model's inference outputs are shifted by its own amount: on the
+    ten-fold rotation this cost dscnn 0.014-0.031 pooled macro AUC although its per-fold AUCs
+    matched cnn_base's (no BatchNormalization). Recomputing them on the clean training
+    signals after each epoch ("precise BN", Wu & Johnson 2021) removes that. Every other
+    variable (weights, pruning steps and masks, quantizer ranges) is left as it was.
+
+    Uses at most :data:`BN_STATISTICS_RECORDS` records, evenly spaced. The mean is the exact
+    average over them; the variance is the size-weighted average of batch variances.
+    Returns the number of BatchNormalization layers updated (0: nothing to do).
+    """
+    from edge_ecg.tf import keras
+
+    layers = [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]
+    if not layers or len(x) == 0:
+        return 0
+    if len(x) > BN_STATISTICS_RECORDS:
+        x = x[np.linspace(0, len(x) - 1, BN_STATISTICS_RECORDS).astype(int)]
+    statistics = {id(v) for layer in layers for v in (layer.moving_mean, layer.moving_variance)}
+    others = [v for v in model.variables if id(v) not in statistics]
+    kept = [v.numpy() for v in others]
+    momenta = [layer.momentum for layer in layers]
+    try:
+        seen = 0
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size]
+            for layer in layers:  # a running average weighted by batch size; the first batch replaces the old value
+                layer.momentum = seen / (seen + len(batch))
+            model(batch, training=True)
+            seen += len(batch)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        for v, value in zip(others, kept):
+            v.assign(value)
+    return len(layers)
 
 
 def _make_train_step(model, optimizer, pos_weight, alpha: float = 0.0, temperature: float = 1.0):
