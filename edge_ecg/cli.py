@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="FILE", help="export this model file instead (.keras or .h5)")
     p.add_argument("--clip", type=_clip_arg, default="auto", metavar="SIGMA|auto|off",
                    help="clip standardized inputs at ±SIGMA before calibration and in the firmware; auto (default) "
-                        "chooses on the validation fold")
+                        "chooses on the validation fold, off unless the gain holds under a paired bootstrap")
     p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: the run's)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/export)")
     p.add_argument("--allow-mismatch", action="store_true", help="export even if TFLite Micro and LiteRT disagree")

@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_ecg import CLASSES
 from edge_ecg.data import PtbxlDataset
-from edge_ecg.metrics import MetricError, bootstrap_auc, bootstrap_samples, macro_auc, per_class_auc
+from edge_ecg.metrics import MetricError, bootstrap_auc, macro_auc, paired_bootstrap, per_class_auc
 from edge_ecg.train import RunError, TrainConfig, check_same_config, write_json
 
 CV_FILE = "cv.json"
@@ -147,24 +147,6 @@ def pooled_report(cv_dir: str | os.PathLike) -> dict:
     report = {"cv_dir": str(cv_dir), **report_predictions(labels, probs, folds)}
     write_json(Path(cv_dir) / "pooled.json", report)
     return report
-
-
-def paired_bootstrap(
-    labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *, n_boot: int = 1000, seed: int = 0
-) -> dict:
-    """Macro AUC of a minus b on the same records, with a paired percentile bootstrap interval.
-
-    Each replicate resamples records once and scores both models on that sample, so
-    the record-to-record variation they share cancels out.
-    """
-    if probs_a.shape != probs_b.shape or probs_a.shape != labels.shape:
-        raise ValueError(f"paired comparison needs predictions of the same records: {probs_a.shape} vs {probs_b.shape}")
-    diffs = [
-        macro_auc(labels[idx], probs_a[idx]) - macro_auc(labels[idx], probs_b[idx])
-        for idx in bootstrap_samples(labels, n_boot, seed)
-    ]
-    lo, hi = np.quantile(diffs, [0.025, 0.975])
-    return {"difference": macro_auc(labels, probs_a) - macro_auc(labels, probs_b), "ci95": [float(lo), float(hi)]}
 
 
 def ensemble(cv_dirs: list[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
