@@ -130,7 +130,7 @@ def cv_main(args, dataset, data) -> None:
     if len(seeds) > 1:
         name = f"dscnn {len(seeds)}-seed ensemble"
         pooled[name] = cv.ensemble([out / _slug(n) for n in seeds])
-        meta[name] = {**meta["dscnn"], "params": len(seeds) * meta["dscnn"]["params"], "macs": len(seeds) * meta["dscnn"]["macs"]}
+        meta[name] = {**meta["dscnn"], **{k: len(seeds) * meta["dscnn"][k] for k in ("params", "macs", "int8_bytes")}}
     table = write_cv_table(out, pooled, meta)
     if len(seeds) > 1:
         aucs = [macro_auc(pooled[n][1], pooled[n][2]) for n in seeds]
