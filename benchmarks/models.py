@@ -102,6 +102,38 @@ def int8_rotations(cv_dir: Path, dataset) -> dict[str, Path]:
     return outs
 
 
+def clip_levels_table(cv_dir: Path) -> str:
+    """Every clipping level's int8 test probabilities (kept by each fold's export), pooled: input step,
+    macro AUC, paired difference against no clipping, and agreement with the float model."""
+    from edge_ecg import cv
+    from edge_ecg.export import CLIP_CANDIDATES
+    from edge_ecg.metrics import macro_auc, paired_bootstrap
+
+    ids, labels, float_probs, _ = cv.pooled_predictions(cv_dir)
+    levels = ["off" if c is None else f"{c:g}" for c in CLIP_CANDIDATES]
+    fold_ids, probs, steps, chosen = [], {c: [] for c in levels}, {c: [] for c in levels}, []
+    for k in cv.FOLDS:
+        export_dir = cv.fold_dir(cv_dir.parent / f"{cv_dir.name}-int8", k)
+        fold_ids.append(np.load(export_dir / "export" / "test_ecg_ids.npy"))
+        calibration = json.loads((export_dir / "export.json").read_text())["calibration"]
+        chosen.append("off" if calibration["clip_sigma"] is None else f"{calibration['clip_sigma']:g}")
+        for trial in calibration["trials"]:
+            steps["off" if trial["clip_sigma"] is None else f"{trial['clip_sigma']:g}"].append(trial["input_scale"])
+        for c in levels:
+            probs[c].append(np.load(export_dir / "export" / "calibration" / f"test_probs_clip-{c}.npy"))
+    order = np.argsort(np.concatenate(fold_ids), kind="stable")
+    assert np.array_equal(np.concatenate(fold_ids)[order], ids)
+    pooled = {c: np.concatenate(probs[c])[order] for c in levels}
+    lines = [f"{cv_dir.name}: int8 (TFLM) per input clipping level, pooled; --clip auto chose per fold: {', '.join(chosen)}",
+             f"{'clip (sd)':>9} {'input step (sd)':>15} {'macro AUC':>9} {'vs no clip [95% CI]':>27} {'|int8-float| mean':>17} {'max':>6}"]
+    for c in levels:
+        d = paired_bootstrap(labels, pooled[c], pooled["off"], n_boot=1000)
+        err = np.abs(pooled[c] - float_probs)
+        lines.append(f"{c:>9} {np.mean(steps[c]):>15.4f} {macro_auc(labels, pooled[c]):>9.4f} "
+                     f"{d['difference']:>+9.4f} [{d['ci95'][0]:+.4f},{d['ci95'][1]:+.4f}] {err.mean():>17.4f} {err.max():>6.3f}")
+    return "\n".join(lines)
+
+
 def cv_main(args, dataset, data) -> None:
     from edge_ecg import cv
     from edge_ecg.metrics import macro_auc
@@ -135,6 +167,10 @@ def cv_main(args, dataset, data) -> None:
     if len(seeds) > 1:
         aucs = [macro_auc(pooled[n][1], pooled[n][2]) for n in seeds]
         table += f"\ndscnn single seeds ({', '.join(seeds)}): mean {np.mean(aucs):.4f} +- {np.std(aucs, ddof=1):.4f} sd"
+    for name in INT8_ROWS:
+        if name in pooled and not args.no_int8:
+            table += "\n\n" + clip_levels_table(out / _slug(name))
+    (out / "cv_table.txt").write_text(table + "\n")
     print(table)
 
 
