@@ -181,8 +181,8 @@ def export(
     before calibration and in every preprocessing (Python and firmware alike), so a
     few large-amplitude records do not stretch the int8 input step; ``"auto"`` picks
     it from :data:`CLIP_CANDIDATES` by the int8 macro AUC on the validation fold (see
-    :func:`choose_clip`; the test fold is never used for the choice), None turns clipping off. ``out`` is the
-    folder written (default ``run/export``). ``runtime="aot"`` also writes the
+    :func:`choose_clip`; the test fold is never used for the choice), None turns
+    clipping off. ``out`` is the folder written (default ``run/export``). ``runtime="aot"`` also writes the
     ahead-of-time C model (:mod:`edge_ecg.aot`) into ``<out>/aot/`` and checks it bit
     for bit against TFLite Micro on every test record.
     """
