@@ -202,6 +202,13 @@ def _indent(code: str, n: int) -> str:
     return "".join(pad + line if line.strip() else line for line in code.splitlines(True))
 
 
+def _for_loops(loops: Sequence[tuple[str, int]], body: str) -> str:
+    """C: ``body`` inside nested ``for (int var = 0; var < size; ++var)`` loops, outermost first."""
+    for var, size in reversed(loops):
+        body = f"for (int {var} = 0; {var} < {size}; ++{var}) {{\n" + _indent(body, 2) + "}\n"
+    return body
+
+
 class _Multipliers:
     """Per-channel (multiplier, shift) pairs as C: literals if uniform, else arrays."""
 
@@ -519,28 +526,11 @@ class _Reduction:
         """C that writes the outputs in order through ``o``: for each, ``init`` (with
         ``x`` pointing at its first input), ``update`` once per reduced value ``x[idx]``
         (``{x}`` in the template), then ``finish``, which stores ``*o++``."""
-        lines = ["int8_t *o = out;\n"]
-        depth = 0
-        for i, (size, _) in enumerate(self.outer):
-            lines.append("  " * depth + f"for (int k{i} = 0; k{i} < {size}; ++k{i}) {{\n")
-            depth += 1
         base = _index([(f"k{i}", stride) for i, (_, stride) in enumerate(self.outer)])
-        lines.append("  " * depth + f"const int8_t *const x = in + {base};\n")
-        lines.append(_indent(init, 2 * depth))
-        inner_depth = depth
-        for i, (size, _) in enumerate(self.inner):
-            lines.append("  " * inner_depth + f"for (int r{i} = 0; r{i} < {size}; ++r{i}) {{\n")
-            inner_depth += 1
         idx = _index([(f"r{i}", stride) for i, (_, stride) in enumerate(self.inner)])
-        lines.append(_indent(update.format(x=f"x[{idx}]"), 2 * inner_depth))
-        for _ in self.inner:
-            inner_depth -= 1
-            lines.append("  " * inner_depth + "}\n")
-        lines.append(_indent(finish, 2 * depth))
-        for _ in self.outer:
-            depth -= 1
-            lines.append("  " * depth + "}\n")
-        return "".join(lines)
+        inner = _for_loops([(f"r{i}", size) for i, (size, _) in enumerate(self.inner)], update.format(x=f"x[{idx}]"))
+        each = f"const int8_t *const x = in + {base};\n" + init + inner + finish
+        return "int8_t *o = out;\n" + _for_loops([(f"k{i}", size) for i, (size, _) in enumerate(self.outer)], each)
 
 
 def _reduction(graph: Graph, op: Op) -> _Reduction:
@@ -797,25 +787,17 @@ def _binary_step(
             else:
                 names.append(f"in{i + 1}")
                 params.append(f"const int8_t *restrict in{i + 1}")
-        lines, depth = [], 0
-        for k, (size, _) in enumerate(dims):
-            lines.append("  " * depth + f"for (int k{k} = 0; k{k} < {size}; ++k{k}) {{\n")
-            depth += 1
         refs = [
             f"{name}[{_index([(f'k{k}', s[i]) for k, (_, s) in enumerate(dims) if s[i]])}]"
             for i, name in enumerate(names)
         ]
-        body = element(*refs) + "*o++ = (int8_t)acc;\n"
-        lines.append(_indent(body, 2 * depth))
-        for _ in dims:
-            depth -= 1
-            lines.append("  " * depth + "}\n")
+        loops = _for_loops([(f"k{k}", size) for k, (size, _) in enumerate(dims)], element(*refs) + "*o++ = (int8_t)acc;\n")
         sign = " * " if op.name == "MUL" else " + "
         func = (
             f"/* {op.name} (op #{op.index}): {sign.join(t.describe() for t in ins)} -> {out.describe()}"
             f"{', broadcast' if any(t.shape != out.shape for t in ins) else ''}, {what} */\n"
             f"static void {fn}({', '.join(params)}, int8_t *restrict out) {{\n"
-            "  int8_t *o = out;\n" + _indent("".join(lines), 2) + "}\n"
+            "  int8_t *o = out;\n" + _indent(loops, 2) + "}\n"
         )
         return CFunction(data, func, nbytes)
 
@@ -917,20 +899,13 @@ def lower_pad(graph: Graph, op: Op, rounding: str) -> Step:
     start = sum(pads[d][0] * out_strides[d] for d in range(rank))
 
     def emit(fn: str) -> CFunction:
-        lines, depth = [], 0
-        for d in loops:
-            lines.append("  " * depth + f"for (int k{d} = 0; k{d} < {inp.shape[d]}; ++k{d}) {{\n")
-            depth += 1
         dst = " + ".join(
             [v for v in (_index([(f"k{d}", out_strides[d]) for d in loops]), str(start)) if v != "0"]
         )
         src = _index([(f"k{d}", in_strides[d]) for d in loops])
         dst = f"out + {dst}" if dst else "out"
         src = f"in + {src}" if src != "0" else "in"
-        lines.append("  " * depth + f"memcpy({dst}, {src}, {run});\n")
-        for _ in loops:
-            depth -= 1
-            lines.append("  " * depth + "}\n")
+        copy = _for_loops([(f"k{d}", inp.shape[d]) for d in loops], f"memcpy({dst}, {src}, {run});\n")
         fill = (
             f"  memset(out, {pad_value & 0xFF}, {out.size});  /* int8 {pad_value} everywhere */\n"
             if padded else ""
@@ -940,7 +915,7 @@ def lower_pad(graph: Graph, op: Op, rounding: str) -> Step:
             f"{[list(p) for p in pads]}, value {pad_value} ({source}) */\n"
             f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
             + fill
-            + _indent("".join(lines), 2)
+            + _indent(copy, 2)
             + "}\n"
         )
         return CFunction("", func, 0)
