@@ -176,6 +176,7 @@ def test_info(dut):
     assert (info["input_scale"], info["input_zero_point"]) == (1 / 32, 0)
     assert (info["output_count"], info["output_scale"], info["output_zero_point"]) == (5, 1 / 256, -128)
     assert info["cmd_size"] == p.EE_CMD_SIZE and info["bin_timeout_ms"] == p.EE_BIN_TIMEOUT_MS
+    assert info["infer_time_limit_ms"] == 60000
     for key in ("firmware_version", "arena_bytes", "arena_used_bytes", "cpu_hz"):
         assert key in info
 
@@ -245,6 +246,58 @@ def test_infer_reply_follows_mlperf(dut):
     assert lines[2] == f"{p.EE_MSG_INFER_START}{p.EE_INFER_DEFAULT_ITERATIONS}"
 
 
+def test_repeated_inference_gives_the_single_inference_results(dut):
+    """The checksum runner overwrites its input tensor on every invoke, as TFLite Micro's planner
+    does; the core restores the loaded record before each invoke, so every N, W agrees with 1, 0."""
+    data = random_record(11)
+    dut.load_binary(data)
+    results = {}
+    for n, w in ((1, 0), (5, 3), (20, 10), (1, 2)):
+        dut.infer(n, w)
+        results[n, w] = dut.results()
+    assert all(r == expected_results(data) for r in results.values()), results
+    # The load itself is untouched by inference: a second round on it gives the same.
+    dut.infer(2, 0)
+    assert dut.results() == expected_results(data)
+
+
+def test_the_test_model_really_clobbers_its_input(build_dir, tmp_path):
+    """Without the core's restore the checksum runner's second invoke must differ: proof that the
+    test above can fail. Here the harness is emulated with the model hooks linked alone."""
+    harness = tmp_path / "clobber.c"
+    harness.write_text(
+        '#include <stdio.h>\n#include <string.h>\n#include "th_hooks.h"\n'
+        "int ee_port_fail_init = 0, ee_port_fail_invoke = 0;\n"
+        "void th_serial_write(const char *d, size_t n) { (void)d; (void)n; }\n"
+        "uint32_t th_timestamp_us(void) { return 0; }\n"
+        "int main(void) { size_t n, c, i; int8_t *in; const int8_t *out; int8_t first[8];\n"
+        "  th_model_init(); in = th_input_tensor(&n); for (i = 0; i < n; ++i) in[i] = (int8_t)(i * 13);\n"
+        "  th_model_invoke(); out = th_output_tensor(&c); memcpy(first, out, c);\n"
+        "  th_model_invoke(); printf(\"%d\\n\", memcmp(first, out, c) != 0); return 0; }\n"
+    )
+    exe = tmp_path / "clobber"
+    _gcc("-std=c99", "-DEE_HAVE_MODEL_CONFIG=1", f"-I{HOST}", f"-I{CORE}", harness, HOST / "checksum_model.c", "-o", exe)
+    assert subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.strip() == "1"
+
+
+def test_infer_stops_at_its_time_limit(build_dir, tmp_path):
+    """`infer 4294967295 0` would run for days; the core stops it at EE_INFER_TIME_LIMIT_MS."""
+    limit_ms = 300
+    exe = build_host_port(tmp_path, defines=[f"EE_INFER_TIME_LIMIT_MS={limit_ms}"], name="ecg_host_limit")
+    dut = HostDut(exe, timeout=10.0)
+    try:
+        dut.client.wait_ready()
+        assert dut.client.info()["infer_time_limit_ms"] == limit_ms
+        dut.client.load_binary(random_record(12))
+        error = assert_device_error(dut.client, "infer 4294967295 0", p.EE_ERR_INFER_TIME_LIMIT)
+        assert error.device_message.endswith(f"of 4294967295 runs in {limit_ms} ms")
+        assert_device_error(dut.client, "infer 1 4294967295", p.EE_ERR_INFER_TIME_LIMIT)  # warm-ups too
+        dut.client.infer(1, 0)  # and it keeps serving
+        assert dut.client.results() == expected_results(random_record(12))
+    finally:
+        dut.close()
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -264,6 +317,8 @@ def test_unknown_and_malformed_commands(dut):
     assert_device_error(dut, "db", p.EE_ERR_DB_SUBCOMMAND)
     assert_device_error(dut, "db load", p.EE_ERR_BAD_NUMBER)
     assert_device_error(dut, "db load -5", p.EE_ERR_BAD_NUMBER)
+    error = assert_device_error(dut, "db load 12000 1", p.EE_ERR_TOO_MANY_ARGUMENTS)
+    assert error.device_message == p.EE_ERR_TOO_MANY_ARGUMENTS  # as PROTOCOL.md says
     assert_device_error(dut, "infer x", p.EE_ERR_BAD_NUMBER)
     assert_device_error(dut, "infer 0", p.EE_ERR_INFER_ITERATIONS)
     assert_device_error(dut, "infer 1 2 3", p.EE_ERR_TOO_MANY_ARGUMENTS)
@@ -428,12 +483,10 @@ def test_pyserial_transport(build_dir):
 
 
 def numpy_preprocess(x, mean, std, clip: float, scale: float, zero_point: int) -> np.ndarray:
-    """The Python reference of ee_preprocess_mv(), all in float32."""
-    z = (x.astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32)
-    if clip > 0:
-        z = np.clip(z, np.float32(-clip), np.float32(clip))
-    q = np.round(z / np.float32(scale)) + zero_point  # half to even, like nearbyintf
-    return np.clip(q, -128, 127).astype(np.int8)
+    """The Python reference of ee_preprocess_mv(): edge_ecg.preprocess, which export and bench use."""
+    from edge_ecg.preprocess import int8_input
+
+    return int8_input(x, mean, std, clip, scale, zero_point)
 
 
 def run_preprocess_case(build_dir, tmp_path, x, mean, std, clip, scale, zero_point) -> None:

@@ -39,6 +39,14 @@
 #define EE_TX_BUFFER_BYTES 128
 #endif
 
+/* Longest the warm-ups, or the timed runs, of one `infer` may take, in ms:
+ * past it the command stops with an error instead of running for hours (a
+ * mistyped `infer 4294967295%` would otherwise hold the device until a reset).
+ * Reported by `info%` as infer_time_limit_ms. */
+#ifndef EE_INFER_TIME_LIMIT_MS
+#define EE_INFER_TIME_LIMIT_MS 60000
+#endif
+
 #if (EE_INPUT_BYTES) < (EE_INPUT_SAMPLES) * (EE_INPUT_LEADS)
 #error "EE_INPUT_BYTES cannot hold one (EE_INPUT_SAMPLES, EE_INPUT_LEADS) int8 record"
 #endif

@@ -119,6 +119,7 @@
 #define EE_ERR_INPUT_NOT_LOADED "Input not loaded"
 #define EE_ERR_INPUT_SIZE "Input size mismatch"
 #define EE_ERR_INFER_ITERATIONS "Inference iterations must be >0"
+#define EE_ERR_INFER_TIME_LIMIT "Inference time limit exceeded"
 #define EE_ERR_MODEL_INIT "Model init failed"
 #define EE_ERR_INVOKE "Inference failed"
 #define EE_ERR_NO_RESULTS "No results: run infer first"
