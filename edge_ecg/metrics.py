@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from edge_ecg import CLASSES
+
 THRESHOLD_GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)
 
 
@@ -19,6 +21,9 @@ def _check(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarr
     y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=np.float64)
     if y_true.shape != y_prob.shape or y_true.ndim != 2:
         raise ValueError(f"labels {y_true.shape} and probabilities {y_prob.shape} must be equal (N, C) arrays")
+    if not np.isfinite(y_prob).all():
+        bad = sorted({int(c) for c in np.flatnonzero(~np.isfinite(y_prob).all(axis=0))})
+        raise MetricError(f"probabilities of {class_names(bad, y_prob.shape[1])} are NaN or infinite (a diverged model or non-finite inputs)")
     return y_true.astype(np.int64), y_prob
 
 
@@ -37,8 +42,15 @@ def macro_auc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     aucs = per_class_auc(y_true, y_prob)
     if np.isnan(aucs).any():
         missing = [int(c) for c in np.flatnonzero(np.isnan(aucs))]
-        raise MetricError(f"AUC undefined for class index(es) {missing}: all records have the same label")
+        raise MetricError(f"AUC undefined for {class_names(missing, len(aucs))}: all records have the same label")
     return float(aucs.mean())
+
+
+def class_names(indices: list[int], n_classes: int) -> str:
+    """'class(es) MI, HYP' for PTB-XL's superclasses; 'class index(es) [1, 4]' for other label sets."""
+    if n_classes == len(CLASSES):
+        return f"class(es) {', '.join(CLASSES[i] for i in indices)}"
+    return f"class index(es) {indices}"
 
 
 def bootstrap_samples(y_true: np.ndarray, n_boot: int, seed: int):

@@ -7,11 +7,16 @@ A run folder holds everything a later stage needs::
       standardization.json   per-lead mean/std fitted on the training folds
       model.keras            best model by validation (fold 9) macro AUC
       history.csv            one row per completed epoch
-      state/                 last epoch's weights + optimizer (tf.train.Checkpoint) and state.json
+      state/                 last epoch's weights + optimizer (tf.train.Checkpoint), best.weights.h5, state.json
 
 Determinism: each epoch's shuffling, augmentation and dropout are drawn from seeds
 derived from (seed, epoch) alone, so a run interrupted after epoch k and resumed
 gives the same weights as one that never stopped.
+
+Commit: an epoch's checkpoint and best weights are written into ``state/epoch-K/``;
+the atomic rename of ``state.json`` naming epoch K is the one commit point. Only then
+are the files moved into ``state/``. A resume rolls a committed epoch's folder forward
+and deletes an uncommitted one, so an interruption at any point resumes exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,7 +35,9 @@ import numpy as np
 
 from edge_ecg import CLASSES, __version__
 from edge_ecg.data import PtbxlDataset, Split, Standardizer, load_ptbxl, split_folds
+from edge_ecg.data.split import NonFiniteStandardization
 from edge_ecg.metrics import MetricError, macro_auc
+from edge_ecg.runfolder import RunLock, atomic_write_json
 
 RUN_FORMAT = 1
 """Version of the run-folder layout; a folder written with another one is refused."""
@@ -127,9 +135,8 @@ def predict(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)  # atomic: an interrupted write never leaves half a file
+    """Write ``obj`` as JSON atomically: an interrupted write never leaves half a file."""
+    atomic_write_json(path, obj)
 
 
 def open_run(run: Path, config: TrainConfig) -> None:
@@ -253,33 +260,43 @@ def train(
     if config.arch not in models.ARCHITECTURES:
         models.build(config.arch)  # raises the "did you mean" error before anything is written
     split = load_split(config, dataset)
-    open_run(run, config)
+    with RunLock(run, "train", create=True):  # one writer per run folder; taken only once the request is known to be valid
+        open_run(run, config)
 
-    std_path = run / STANDARDIZATION_FILE
-    if std_path.is_file():
-        standardizer = Standardizer.load(std_path)
-    else:
-        standardizer = Standardizer.fit(split.train.signals)
-        standardizer.save(std_path)
-    data = fit_data(split, standardizer, config.rate)
-    np.save(run / "train_ecg_ids.npy", split.train.ecg_ids)  # which records this model learned from (audits, leaks)
-    if config.teacher:
-        from edge_ecg.distill import teacher_soft_labels
+        std_path = run / STANDARDIZATION_FILE
+        standardizer = None
+        if std_path.is_file():
+            try:
+                standardizer = Standardizer.load(std_path)
+            except NonFiniteStandardization:  # left by a run on bad data: the fixed data are fitted afresh
+                if progress:
+                    from edge_ecg.progress import console
 
-        data.soft_train = teacher_soft_labels(config.teacher, split.train, test_fold=config.test_fold, cache=run / "teacher_train_probs.npy")
+                    console().print(f"{std_path}: not finite (left by a failed run); refitting it on the training folds")
+        if standardizer is None:
+            standardizer = Standardizer.fit(split.train.signals)
+            standardizer.save(std_path)
+        data = fit_data(split, standardizer, config.rate)
+        np.save(run / "train_ecg_ids.npy", split.train.ecg_ids)  # which records this model learned from (audits, leaks)
+        if config.teacher:
+            from edge_ecg.distill import teacher_soft_labels
 
-    keras.utils.set_random_seed(config.seed)
-    model = models.build(
-        config.arch, num_samples=data.x_train.shape[1], num_leads=data.x_train.shape[2], num_classes=len(CLASSES), **config.arch_kwargs
-    )
-    check_input_shape(model, data.x_train, "training data")
-    state = fit(model, data, run, FitOptions.from_config(config), progress=progress, on_epoch_end=on_epoch_end)
-    if not (run / MODEL_FILE).is_file() or state.get("model_saved_epoch") != state["best_epoch"]:
-        model.load_weights(run / STATE_DIR / BEST_WEIGHTS)
-        model.save(run / MODEL_FILE)
-        state["model_saved_epoch"] = state["best_epoch"]
-        write_json(run / STATE_DIR / "state.json", state)
-    return state
+            data.soft_train = teacher_soft_labels(config.teacher, split.train, test_fold=config.test_fold, cache=run / "teacher_train_probs.npy")
+
+        keras.utils.set_random_seed(config.seed)
+        model = models.build(
+            config.arch, num_samples=data.x_train.shape[1], num_leads=data.x_train.shape[2], num_classes=len(CLASSES), **config.arch_kwargs
+        )
+        check_input_shape(model, data.x_train, "training data")
+        state = fit(model, data, run, FitOptions.from_config(config), progress=progress, on_epoch_end=on_epoch_end)
+        if not (run / MODEL_FILE).is_file() or state.get("model_saved_epoch") != state["best_epoch"]:
+            model.load_weights(run / STATE_DIR / BEST_WEIGHTS)
+            tmp = run / f".{MODEL_FILE}.{os.getpid()}.keras"  # Keras wants the suffix; renamed whole into place
+            model.save(tmp)
+            os.replace(tmp, run / MODEL_FILE)
+            state["model_saved_epoch"] = state["best_epoch"]
+            write_json(run / STATE_DIR / "state.json", state)
+        return state
 
 
 def fit_data(split: Split, standardizer: Standardizer, rate: int) -> FitData:
@@ -337,10 +354,12 @@ def fit(
     state_path = state_dir / "state.json"
     if state_path.is_file():
         state = json.loads(state_path.read_text())
+    _settle_epoch(state_dir, state["epoch"])  # finish a committed epoch's files, drop an uncommitted one's
+    if state["epoch"] > 0:
         ckpt.read(str(state_dir / "ckpt")).assert_consumed()
         if progress and not state["finished"]:
             console().print(f"resuming {out} after epoch {state['epoch']} (best val AUC {state['best_auc']:.4f} at epoch {state['best_epoch']})")
-    _trim_history(out / HISTORY_FILE, state["epoch"])
+    _trim_history(out / HISTORY_FILE, state["epoch"], state.get("last_row"))
     for cb in callbacks:  # after the restore: tfmot initializes its step only on a fresh model
         cb.set_model(model)
         cb.on_train_begin()
@@ -389,16 +408,22 @@ def fit(
                 "seconds": round(time.perf_counter() - started, 2),
             }
             improved = epoch >= options.select_from_epoch and val_auc > state["best_auc"]
+            pending = state_dir / f"{_EPOCH_DIR}{epoch}"
+            if pending.exists():
+                shutil.rmtree(pending)
+            pending.mkdir()
             if improved:
-                model.save_weights(state_dir / BEST_WEIGHTS)
+                model.save_weights(pending / BEST_WEIGHTS)
                 state.update(best_auc=val_auc, best_epoch=epoch, wait=0)
             elif epoch >= options.select_from_epoch:
                 state["wait"] += 1
             state["epoch"] = epoch
             state["finished"] = state["wait"] >= options.patience or epoch >= options.epochs
             state["stopped_early"] = state["wait"] >= options.patience
-            ckpt.write(str(state_dir / "ckpt"))
-            write_json(state_path, state)  # the epoch counts as done only once this is written
+            state["last_row"] = row  # lets a resume restore the history row if it is killed right after the commit
+            ckpt.write(str(pending / "ckpt"))
+            write_json(state_path, state)  # the commit: the epoch counts as done once this rename happened
+            _settle_epoch(state_dir, epoch)
             _append_history(out / HISTORY_FILE, row)
             if progress:
                 console().print(
@@ -496,15 +521,35 @@ def _append_history(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def _trim_history(path: Path, last_epoch: int) -> None:
-    """Drop history rows of an epoch whose checkpoint never completed."""
-    if not path.is_file():
-        return
-    rows = read_history(path)
+_EPOCH_DIR = "epoch-"
+
+
+def _settle_epoch(state_dir: Path, committed: int) -> None:
+    """Move the files of the committed epoch's ``epoch-K/`` folder into ``state_dir``; delete other such folders.
+
+    Idempotent, so a kill half-way through is finished by the next call (a resume).
+    """
+    for folder in sorted(state_dir.glob(f"{_EPOCH_DIR}*")):
+        if folder.name == f"{_EPOCH_DIR}{committed}":
+            for f in sorted(folder.iterdir()):
+                os.replace(f, state_dir / f.name)
+            folder.rmdir()
+        else:  # written for an epoch whose state.json never landed: that epoch is trained again
+            shutil.rmtree(folder)
+
+
+def _trim_history(path: Path, last_epoch: int, last_row: dict | None = None) -> None:
+    """Make ``history.csv`` hold exactly epochs 1..last_epoch.
+
+    Drops rows of an epoch that was never committed; restores the committed epoch's row
+    (``last_row``, kept in state.json) if the run was killed before appending it.
+    """
+    rows = read_history(path) if path.is_file() else []
     kept = [r for r in rows if int(r["epoch"]) <= last_epoch]
-    if len(kept) != len(rows):
-        path.unlink()
-        for r in kept:
+    missing = last_row is not None and int(last_row["epoch"]) == last_epoch and all(int(r["epoch"]) != last_epoch for r in kept)
+    if len(kept) != len(rows) or missing:
+        path.unlink(missing_ok=True)
+        for r in kept + ([last_row] if missing else []):
             _append_history(path, r)
 
 

@@ -95,3 +95,40 @@ def test_run_without_a_model_names_the_fix(tmp_path):
 
     with pytest.raises(RunError, match="config.json: not found"):
         compress(tmp_path, qat=True)
+
+
+def _marker_model(marker):
+    from edge_ecg.tf import keras
+
+    inp = keras.Input((4,))
+    # the default argument travels with the Lambda's bytecode; calling it writes the marker
+    out = keras.layers.Lambda(lambda x, m=str(marker): (open(m, "w").write("ran"), x)[1], name="writes_marker")(inp)
+    return keras.Model(inp, out)
+
+
+def test_h5_model_with_a_lambda_layer_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "marker"
+    model = _marker_model(marker)
+    model.save(tmp_path / "m.h5")
+    model.save(tmp_path / "m.keras")
+    marker.unlink()  # building the model ran the lambda once; loading must not run it again
+    with pytest.raises(ValueError, match="Lambda"):  # Keras's safe_mode
+        load_model(tmp_path / "m.keras")
+    with pytest.raises(ValueError, match=r"m\.h5: layer 'writes_marker' is a Lambda layer"):
+        load_model(tmp_path / "m.h5")
+    assert not marker.exists(), "loading ran the Lambda's code"
+
+
+def test_h5_model_with_an_unknown_custom_class_is_refused(tmp_path):
+    import h5py
+
+    from edge_ecg.tf import keras
+
+    inp = keras.Input((4,))
+    keras.Model(inp, keras.layers.Dense(2, name="head")(inp)).save(tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5", "r+") as fh:
+        config = fh.attrs["model_config"]
+        config = config.decode() if isinstance(config, bytes) else config
+        fh.attrs["model_config"] = config.replace('"class_name": "Dense"', '"class_name": "EvilDense"')
+    with pytest.raises(ValueError, match=r"m\.h5: layer 'head': unknown class 'EvilDense'"):
+        load_model(tmp_path / "m.h5")

@@ -153,11 +153,23 @@ def test_wrong_length_is_skipped(small_copy):
     _check_skip(small_copy, 7, "00007_lr", "600 samples")
 
 
+def _write_samples(dat, samples):
+    """Write format-16 samples and the matching checksums into the header (a consistent record)."""
+    samples.tofile(dat)
+    hea = dat.with_suffix(".hea")
+    lines = hea.read_text().splitlines()
+    for lead in range(samples.shape[1]):
+        fields = lines[1 + lead].split(" ")
+        fields[6] = str(int(samples[:, lead].astype(np.int64).sum()) % 65536)  # WFDB checksum column
+        lines[1 + lead] = " ".join(fields)
+    hea.write_text("\n".join(lines) + "\n")
+
+
 def test_nan_lead_is_skipped(small_copy):
     dat = small_copy / "records100/00000/00008_lr.dat"
     samples = np.fromfile(dat, "<i2").reshape(1000, 12)
     samples[500, 6] = -32768  # WFDB format 16's "no sample" value reads as NaN
-    samples.tofile(dat)
+    _write_samples(dat, samples)
     _check_skip(small_copy, 8, "00008_lr.dat", "NaN", "V1")
 
 
@@ -165,8 +177,33 @@ def test_flat_line_lead_is_skipped(small_copy):
     dat = small_copy / "records100/00000/00009_lr.dat"
     samples = np.fromfile(dat, "<i2").reshape(1000, 12)
     samples[:, 9] = 7
-    samples.tofile(dat)
+    _write_samples(dat, samples)
     _check_skip(small_copy, 9, "00009_lr.dat", "flat-line", "V4")
+
+
+def test_flipped_bits_in_dat_fail_the_header_checksum(small_copy):
+    dat = small_copy / "records100/00000/00002_lr.dat"
+    raw = bytearray(dat.read_bytes())
+    raw[2 * (12 * 300 + 4)] ^= 0x10  # sample 300 of lead AVL: a plausible value, caught only by the checksum
+    dat.write_bytes(bytes(raw))
+    _check_skip(small_copy, 2, "00002_lr.dat", "checksum", "00002_lr.hea", "AVL")
+
+
+def test_infinite_samples_from_a_tiny_gain_are_skipped(small_copy):
+    hea = small_copy / "records100/00000/00003_lr.hea"
+    lines = hea.read_text().splitlines()
+    assert lines[8].endswith(" V2") and "1000.0(0)/mV" in lines[8]
+    lines[8] = lines[8].replace("1000.0(0)/mV", "1e-40(0)/mV")  # finite in float64, inf in float32
+    hea.write_text("\n".join(lines) + "\n")
+    _check_skip(small_copy, 3, "00003_lr.dat", "infinite", "V2", "gain")
+
+
+def test_non_integer_strat_fold_is_skipped_and_named(small_copy):
+    db = pd.read_csv(small_copy / "ptbxl_database.csv")
+    db["strat_fold"] = db["strat_fold"].astype(float)
+    db.loc[db.ecg_id == 4, "strat_fold"] = 3.5
+    db.to_csv(small_copy / "ptbxl_database.csv", index=False)
+    _check_skip(small_copy, 4, "strat_fold 3.5", "not an integer")
 
 
 def test_unknown_scp_code_is_skipped_and_named(small_copy):

@@ -108,3 +108,72 @@ def test_partial_download_resumes_with_a_range_request(release, tmp_path):
 def test_unreachable_server_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="cannot connect"):
         download_ptbxl(tmp_path / "dest", 100, base_url="http://127.0.0.1:9/", timeout=2)
+
+
+def _add_sums_line(root, line):
+    with open(root / "SHA256SUMS.txt", "a") as fh:
+        fh.write(line + "\n")
+
+
+@pytest.mark.parametrize(
+    "name", ["records100/../../outside.txt", "/tmp/edge-ecg-absolute.txt", "records100/00000/./x.dat"]
+)
+def test_checksum_list_naming_a_path_outside_dest_fails_before_writing(release, tmp_path, name):
+    root, url = release
+    payload = b"written by a hostile mirror\n"
+    (root / "outside.txt").write_bytes(payload)
+    _add_sums_line(root, f"{hashlib.sha256(payload).hexdigest()}  {name}")
+    dest = tmp_path / "a" / "dest"
+    with pytest.raises(DataError, match=r"SHA256SUMS\.txt:\d+: refused path") as err:
+        download_ptbxl(dest, 100, base_url=url)
+    assert repr(name) in str(err.value)
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "a" / "outside.txt").exists()
+    assert not Path("/tmp/edge-ecg-absolute.txt").exists()
+    assert list(dest.iterdir()) == []  # not even the checksum list or a record was written
+    assert RangeHandler.requests == [("/SHA256SUMS.txt", None)]
+
+
+def test_checksum_list_entry_resolving_outside_dest_through_a_link_is_refused(release, tmp_path):
+    root, url = release
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "records100").symlink_to(outside)
+    with pytest.raises(DataError, match="outside"):
+        download_ptbxl(dest, 100, base_url=url)
+    assert list(outside.iterdir()) == []
+
+
+def test_malformed_checksum_line_is_refused(release, tmp_path):
+    root, url = release
+    _add_sums_line(root, "z" * 64 + "  records100/00000/00009_lr.dat")
+    with pytest.raises(DataError, match=r"SHA256SUMS\.txt:\d+: not a 'sha256  path' line"):
+        download_ptbxl(tmp_path / "dest", 100, base_url=url)
+
+
+def test_pinned_checksum_list_digest_is_checked(release, tmp_path):
+    root, url = release
+    listed = hashlib.sha256((root / "SHA256SUMS.txt").read_bytes()).hexdigest()
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match="not the pinned release's checksum list"):
+        download_ptbxl(dest, 100, base_url=url, sums_sha256="0" * 64)
+    assert list(dest.iterdir()) == []
+    assert download_ptbxl(dest, 100, base_url=url, sums_sha256=listed).downloaded == 13
+
+
+def test_physionet_url_pins_the_1_0_3_checksum_list(monkeypatch, tmp_path):
+    """The default URL checks the pinned digest: a list with another digest is refused."""
+    from edge_ecg import settings
+    from edge_ecg.data import download
+
+    def fake_fetch(url, path, timeout, resume=False):
+        assert url == settings.PTBXL_URL + "SHA256SUMS.txt"
+        path.write_text(f"{'0' * 64}  records100/00000/00001_lr.dat\n")
+        return 0
+
+    monkeypatch.delenv("EDGE_ECG_PTBXL_URL", raising=False)
+    monkeypatch.setattr(download, "_fetch", fake_fetch)
+    with pytest.raises(DataError, match=download.PTBXL_103_SUMS_SHA256):
+        download_ptbxl(tmp_path / "dest", 100)
+    assert list((tmp_path / "dest").iterdir()) == []

@@ -48,8 +48,25 @@ def test_auc_undefined_for_a_single_valued_class_is_an_error():
     y = Y.copy()
     y[:, 1] = 1
     assert np.isnan(m.per_class_auc(y, P)[1])
-    with pytest.raises(m.MetricError, match=r"class index\(es\) \[1\]"):
+    with pytest.raises(m.MetricError, match=r"class index\(es\) \[1\]"):  # two classes: not PTB-XL's, no names
         m.macro_auc(y, P)
+
+
+def test_undefined_auc_names_the_superclass():
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, 5)) < 0.5).astype(int)
+    y[:, 4] = 0  # no HYP record
+    with pytest.raises(m.MetricError, match=r"AUC undefined for class\(es\) HYP: all records"):
+        m.macro_auc(y, rng.random((40, 5)))
+
+
+def test_non_finite_probabilities_name_the_class():
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, 5)) < 0.5).astype(int)
+    p = rng.random((40, 5))
+    p[3, 1] = np.nan
+    with pytest.raises(m.MetricError, match=r"probabilities of class\(es\) MI are NaN or infinite"):
+        m.macro_auc(y, p)
 
 
 def test_bootstrap_is_reproducible_under_a_seed():

@@ -105,3 +105,75 @@ def test_empty_training_folds_are_an_error(ptbxl, tmp_path):
     with pytest.raises(DataError, match="training folds .* hold no labelled record"):
         train(tmp_path / "run", TrainConfig(**SMALL), dataset=only_val_test, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["before_state", "after_state"])
+def test_interrupted_between_checkpoint_and_state_resumes_exactly(ptbxl, tmp_path, monkeypatch, where):
+    """A kill after the epoch's checkpoint is written but before (or just after) its state.json lands."""
+    import edge_ecg.train as train_module
+
+    config = TrainConfig(**SMALL)
+    straight = tmp_path / "straight"
+    train(straight, config, dataset=ptbxl, progress=False)
+
+    real_write_json = train_module.write_json
+
+    def killed_at_epoch_2(path, obj):
+        if path.name == "state.json" and obj.get("epoch") == 2:
+            if where == "after_state":
+                real_write_json(path, obj)  # committed; killed before its files are moved or history appended
+            raise KeyboardInterrupt
+        real_write_json(path, obj)
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(train_module, "write_json", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(resumed, config, dataset=ptbxl, progress=False)
+    monkeypatch.setattr(train_module, "write_json", real_write_json)
+    epochs_after = []
+    train(resumed, config, dataset=ptbxl, progress=False, on_epoch_end=lambda e, r: epochs_after.append(e))
+    assert epochs_after == ([2, 3] if where == "before_state" else [3])
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    drop_seconds = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop_seconds(read_history(resumed / "history.csv")) == drop_seconds(read_history(straight / "history.csv"))
+    assert not list((resumed / "state").glob("epoch-*"))
+
+
+def test_non_finite_standardization_is_never_written_or_reused(tmp_path):
+    from edge_ecg.data import Standardizer
+    from edge_ecg.data.split import NonFiniteStandardization
+
+    signals = np.ones((2, 10, 12), np.float32)
+    signals[0, 3, 7] = np.inf
+    with pytest.raises(NonFiniteStandardization, match="lead\\(s\\) V2"):
+        Standardizer.fit(signals)
+    bad = Standardizer(np.full(12, np.nan, np.float32), np.ones(12, np.float32))
+    with pytest.raises(NonFiniteStandardization, match="refusing"):
+        bad.save(tmp_path / "standardization.json")
+    assert not (tmp_path / "standardization.json").exists()
+    (tmp_path / "standardization.json").write_text(json.dumps({"mean": [float("nan")] * 12, "std": [1.0] * 12}))
+    with pytest.raises(DataError, match="not finite .*edge-ecg train"):
+        Standardizer.load(tmp_path / "standardization.json")
+
+
+@pytest.mark.slow
+def test_rerun_after_bad_data_refits_the_standardization(ptbxl, tmp_path):
+    from edge_ecg.data import Standardizer
+    from edge_ecg.train import load_split
+
+    config = TrainConfig(**{**SMALL, "epochs": 1, "train_limit": 64})
+    run = tmp_path / "run"
+    bad = replace(ptbxl, signals=ptbxl.signals.copy())
+    bad.signals[0, 10, 3] = np.inf  # ecg_id 1, fold 3: a training record
+    with pytest.raises(DataError, match="non-finite mean or std for lead\\(s\\) AVR"):
+        train(run, config, dataset=bad, progress=False)
+    assert not (run / "standardization.json").exists()
+    # what an earlier version left behind after such a failure
+    (run / "standardization.json").write_text(json.dumps({"mean": [float("nan")] * 12, "std": [float("nan")] * 12}))
+    train(run, config, dataset=ptbxl, progress=False)
+    fitted = Standardizer.load(run / "standardization.json")
+    np.testing.assert_array_equal(fitted.mean, Standardizer.fit(load_split(config, ptbxl).train.signals).mean)

@@ -3,7 +3,9 @@
 The JSONL file's first line is a header (backend, model hash, device info); each
 further line is one record. An interrupted benchmark keeps every finished line, and
 ``resume=True`` runs only the records without an ``ok`` line — against the same model
-hash, or not at all.
+hash, or not at all. A line torn by a crash is cut off before anything is appended
+(appending after it would merge the next record into an unreadable line) and the cut
+is recorded as a ``repair`` line.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ class BenchError(ValueError):
     """A benchmark that cannot run as asked; the message says why and what to do."""
 
 
+class ParityError(BenchError):
+    """A benchmark that ran but whose device outputs differ from the reference; ``summary`` holds the results."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
 def read_jsonl(path: Path) -> tuple[dict | None, list[dict]]:
     """(header, record lines) of a results file; a torn last line (a crash mid-write) is ignored."""
     header, rows = None, []
@@ -38,6 +48,45 @@ def read_jsonl(path: Path) -> tuple[dict | None, list[dict]]:
         elif obj.get("type") == "record":
             rows.append(obj)
     return header, rows
+
+
+def repair_torn_tail(path: Path) -> bytes:
+    """Make ``path`` end with a complete line; return the torn fragment cut off (b'' if none).
+
+    A last line without its newline is a write cut short by a crash: it is truncated
+    away, unless it is a whole JSON object, which only gets its newline back.
+    """
+    if not path.is_file():
+        return b""
+    with open(path, "r+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        cut, pos = 0, size
+        while pos > 0:  # the last newline, read backwards in blocks
+            step = min(1 << 16, pos)
+            pos -= step
+            fh.seek(pos)
+            i = fh.read(step).rfind(b"\n")
+            if i >= 0:
+                cut = pos + i + 1
+                break
+        if cut == size:
+            return b""
+        fh.seek(cut)
+        fragment = fh.read()
+        try:
+            json.loads(fragment)
+            whole = True
+        except ValueError:
+            whole = False
+        if whole:  # complete but for its newline: keep it
+            fh.seek(size)
+            fh.write(b"\n")
+            fragment = b""
+        else:
+            fh.truncate(cut)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return fragment
 
 
 def run_records(
@@ -62,9 +111,16 @@ def run_records(
         )
     done = {r["ecg_id"] for r in old_rows if r["status"] == "ok"}
     jsonl.parent.mkdir(parents=True, exist_ok=True)
+    torn = repair_torn_tail(jsonl)  # read_jsonl skipped it: its record is not in `done` and runs again
     with open(jsonl, "a") as fh:
         if old_header is None:
             fh.write(json.dumps({"type": "header", **header}) + "\n")
+        if torn:
+            from edge_ecg.progress import console
+
+            note = {"type": "repair", "torn_bytes": len(torn), "fragment": torn[:200].decode("utf-8", "replace")}
+            fh.write(json.dumps(note) + "\n")
+            console().print(f"{jsonl}: cut a torn last line ({len(torn)} bytes, a write cut short); its record runs again")
         todo = [(i, data) for i, data in records if i not in done]
         for ecg_id, data in track(todo, total=len(todo), description="Benchmark", enabled=progress):
             outcome = run_one(data)
@@ -128,7 +184,7 @@ def summarize(
         from edge_ecg.metrics import MetricError, bootstrap_auc, macro_auc, per_class_auc
 
         y = np.stack([labels[r["ecg_id"]] for r in ok])
-        from edge_ecg.export.convert import output_probabilities
+        from edge_ecg.preprocess import output_probabilities
 
         p = output_probabilities(np.asarray([r["int8"] for r in ok]), output_scale, output_zero_point, output_kind)
         try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from edge_ecg.compress.tfmot_stages import (
     quantize,
     strip_pruning,
 )
+from edge_ecg.runfolder import atomic_write_bytes, locks_run
 
 __all__ = [
     "compress",
@@ -67,6 +67,7 @@ def _check_fraction(name: str, value: float | None, upper: float) -> None:
         raise ValueError(f"--{name} must be a fraction in (0, {upper:g}), got {value!r}")
 
 
+@locks_run("compress")
 def compress(
     run: str | os.PathLike,
     *,
@@ -164,7 +165,7 @@ def compress(
         }
         write_json(stage_file, entry)
         report["stages"].append(entry)
-    shutil.copyfile(root / names[-1] / "model.h5", root / FINAL_MODEL)
+    atomic_write_bytes(root / FINAL_MODEL, (root / names[-1] / "model.h5").read_bytes())  # export never sees half a copy
     report["final"] = names[-1]
     write_json(root / "compress.json", report)
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -114,10 +115,74 @@ def load_model(path: str | os.PathLike):
         tfmot.sparsity.keras.prune_scope(),
         keras.utils.custom_object_scope(_tfmot_load_fixes()),
     ):
+        if path.suffix.lower() in (".h5", ".hdf5"):
+            check_h5_model_config(path)  # HDF5 has no safe_mode: refuse code before Keras deserializes anything
         try:
             return keras.models.load_model(path, compile=False)
         except (ValueError, TypeError, OSError) as exc:
             raise ValueError(f"{path}: cannot load the Keras model ({exc})") from exc
+
+
+_SAFE_MODULES = ("keras", "tf_keras", "tensorflow_model_optimization")
+_MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
+
+
+def check_h5_model_config(path: Path) -> None:
+    """Refuse an HDF5 Keras model whose saved config would run code or unknown classes on load.
+
+    Reads the ``model_config`` JSON with h5py, without deserializing it. Refused: any
+    ``Lambda`` layer (its Python bytecode runs when Keras rebuilds it; the ``.keras``
+    loader refuses it by safe_mode, the HDF5 one would run it), any object naming a
+    module outside Keras and tfmot, and any class Keras and tfmot do not know (call it
+    inside the scopes :func:`load_model` opens). Raises ValueError naming file and layer.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            raw = fh.attrs.get("model_config")
+    except OSError as exc:
+        raise ValueError(f"{path}: not an HDF5 file ({exc})") from None
+    if raw is None:
+        raise ValueError(f"{path}: HDF5 file without a model_config; not a Keras model saved with model.save")
+    try:
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except ValueError as exc:
+        raise ValueError(f"{path}: model_config is not JSON ({exc})") from None
+    for obj, layer in _config_objects(config, "(model)"):
+        name, settings, module = obj["class_name"], obj.get("config"), obj.get("module")
+        where = f"{path}: layer {layer!r}"
+        if name == "Lambda" or (isinstance(settings, dict) and "function_type" in settings):
+            raise ValueError(
+                f"{where} is a Lambda layer: loading it would run the Python code stored in the file. "
+                "Refused (the .keras loader refuses it as well); rebuild the model without Lambda layers"
+            )
+        if module is not None and str(module).split(".")[0] not in _SAFE_MODULES:
+            raise ValueError(f"{where}: {name!r} comes from module {module!r}, not Keras or tfmot; refused (custom code)")
+        if not _known_class(name):
+            raise ValueError(f"{where}: unknown class {name!r} (a custom object); refused, edge-ecg loads Keras and tfmot classes only")
+
+
+def _config_objects(node, layer: str):
+    """Every serialized object (a dict with 'class_name') in ``node``, with the name of the layer holding it."""
+    if isinstance(node, dict):
+        if isinstance(node.get("class_name"), str):
+            settings = node.get("config")
+            if isinstance(settings, dict) and isinstance(settings.get("name"), str) and "layers" not in settings:
+                layer = settings["name"]
+            yield node, layer
+        for value in node.values():
+            yield from _config_objects(value, layer)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _config_objects(value, layer)
+
+
+def _known_class(name: str) -> bool:
+    if name in _MODEL_CLASSES or keras.utils.get_registered_object(name) is not None:
+        return True
+    modules = (keras.layers, keras.initializers, keras.regularizers, keras.constraints, keras.optimizers.schedules)
+    return any(isinstance(getattr(m, name, None), type) for m in modules)
 
 
 def kernel_zero_fractions(model) -> dict[str, float]:

@@ -4,12 +4,20 @@ Only what one sampling rate needs is fetched: the two tables, the licence and th
 ``records<rate>/`` files. Files are downloaded to ``<name>.part`` and renamed only
 after their SHA-256 matches, so a later run never trusts a bad file; an existing
 ``.part`` is continued with an HTTP Range request (resume).
+
+The checksum list is the root of trust, so it is checked before anything else is
+written: its own SHA-256 is pinned for PhysioNet's 1.0.3 release
+(:data:`PTBXL_103_SUMS_SHA256`) or given by the caller (``sums_sha256``); for any
+other mirror without a pin, the list is trusted as the release's. Either way every
+line must be ``<64 hex>  <relative path>`` with a path that stays inside the
+destination (no absolute path, no ``..``, nothing resolving outside it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,6 +27,11 @@ from edge_ecg import settings
 from edge_ecg.data.ptbxl import DATABASE_CSV, RATES, STATEMENTS_CSV, DataError
 
 SUMS_FILE = "SHA256SUMS.txt"
+PTBXL_103_SUMS_SHA256 = "b7224b92b341511ec3ceb13dc6652079b2c36a06504bcb49506f157f51dc695d"
+"""SHA-256 of ``SHA256SUMS.txt`` of PTB-XL 1.0.3 at settings.PTBXL_URL (87,203 lines).
+
+Not published by PhysioNet itself: the value recorded, identically, by several independent
+public projects that fetched that file. Checked whenever the default PhysioNet URL is used."""
 TOP_LEVEL_FILES = (DATABASE_CSV, STATEMENTS_CSV, "LICENSE.txt", "RECORDS")
 _CHUNK = 1 << 16
 
@@ -31,17 +44,53 @@ class DownloadReport:
     bytes: int  # bytes transferred in this call
 
 
-def read_sums(path: Path) -> dict[str, str]:
-    """``SHA256SUMS.txt`` as {relative path: hex digest}."""
-    sums = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+_SUMS_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *]?(\S.*)")  # sha256sum's text (' ') and binary ('*') forms
+
+
+def read_sums(path: Path, dest: Path | None = None) -> dict[str, str]:
+    """``SHA256SUMS.txt`` as {relative path: hex digest}, every line checked.
+
+    A name is refused unless it is a plain relative POSIX path (no absolute path, no
+    backslash, no empty, ``.`` or ``..`` part) and, when ``dest`` is given, resolves
+    inside ``dest``: the list comes from the mirror, and nothing it says may write
+    elsewhere. Duplicate names are refused too.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read as a checksum list ({exc})") from None
+    sums: dict[str, str] = {}
+    root = dest.resolve() if dest is not None else None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2 or len(parts[0]) != 64:
+        match = _SUMS_LINE.fullmatch(line.rstrip())
+        if match is None:
             raise DataError(f"{path}:{n}: not a 'sha256  path' line: {line!r}")
-        sums[parts[1].strip().lstrip("*")] = parts[0].lower()
+        digest, name = match.group(1).lower(), match.group(2)
+        problem = _unsafe_name(name, root)
+        if problem:
+            raise DataError(f"{path}:{n}: refused path {name!r} ({problem}); the checksum list is not a PTB-XL release's")
+        if name in sums:
+            raise DataError(f"{path}:{n}: {name!r} is listed twice")
+        sums[name] = digest
     return sums
+
+
+def _unsafe_name(name: str, root: Path | None) -> str | None:
+    """Why ``name`` may not be joined to the destination, or None if it may."""
+    if "\\" in name or "\0" in name or ":" in name:
+        return "backslash, NUL or colon"
+    parts = name.split("/")
+    if name.startswith("/"):
+        return "absolute path"
+    if any(part in ("", ".", "..") for part in parts):
+        return "empty, '.' or '..' path component"
+    if root is not None:
+        target = (root / name).resolve()
+        if target != root and root not in target.parents:
+            return f"resolves to {target}, outside {root}"
+    return None
 
 
 def files_for_rate(sums: dict[str, str], rate: int) -> list[str]:
@@ -65,17 +114,36 @@ def download_ptbxl(
     rate: int = 100,
     *,
     base_url: str | None = None,
+    sums_sha256: str | None = None,
     progress: bool = False,
     timeout: float = 60.0,
 ) -> DownloadReport:
-    """Download (or complete) PTB-XL for ``rate`` into ``dest``; verify every file."""
+    """Download (or complete) PTB-XL for ``rate`` into ``dest``; verify every file.
+
+    ``sums_sha256`` pins the SHA-256 of the mirror's ``SHA256SUMS.txt``; by default it
+    is :data:`PTBXL_103_SUMS_SHA256` for PhysioNet's URL and unchecked for other mirrors.
+    """
     dest = settings.data_dir(dest)
     url = settings.ptbxl_url(base_url)
+    if sums_sha256 is None and url == settings.ptbxl_url(settings.PTBXL_URL):
+        sums_sha256 = PTBXL_103_SUMS_SHA256
+    if sums_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sums_sha256):
+        raise DataError(f"sums_sha256={sums_sha256!r} is not a SHA-256 (64 hexadecimal digits)")
     dest.mkdir(parents=True, exist_ok=True)
     sums_path = dest / SUMS_FILE
-    _fetch(url + SUMS_FILE, sums_path.with_name(SUMS_FILE + ".part"), timeout)  # small; always refreshed
-    os.replace(sums_path.with_name(SUMS_FILE + ".part"), sums_path)
-    sums = read_sums(sums_path)
+    part = sums_path.with_name(SUMS_FILE + ".part")
+    _fetch(url + SUMS_FILE, part, timeout)  # small; always refreshed
+    try:  # the list is checked whole before anything it names is written
+        if sums_sha256 is not None and (digest := sha256(part)) != sums_sha256.lower():
+            raise DataError(
+                f"{url}{SUMS_FILE}: SHA-256 {digest}, expected {sums_sha256.lower()}; this is not the pinned "
+                "release's checksum list. Nothing was written. Check the mirror, or pin its list with --sums-sha256"
+            )
+        sums = read_sums(part, dest)
+    except DataError as exc:
+        part.unlink()
+        raise DataError(str(exc).replace(str(part), url + SUMS_FILE)) from None
+    os.replace(part, sums_path)
     wanted = files_for_rate(sums, rate)
     if not any(f.startswith(f"records{rate}/") for f in wanted):
         raise DataError(f"{url}{SUMS_FILE} lists no records{rate}/ files; is the base URL a PTB-XL release?")

@@ -3,8 +3,9 @@
 Labels: every key of a record's ``scp_codes`` whose statement in ``scp_statements.csv``
 has ``diagnostic == 1`` is mapped to its ``diagnostic_class``, whatever its likelihood.
 Records with no superclass are left out and counted. Per-record faults (missing or
-corrupt files, wrong rate or length, NaN or flat-line leads, unknown SCP codes) are
-skipped and reported; ``strict=True`` turns them into an error. Problems with the
+corrupt files, a ``.dat`` whose samples do not match the ``.hea`` checksums, wrong rate
+or length, NaN, infinite or flat-line leads, unknown SCP codes, a ``strat_fold`` that is
+not an integer 1..10) are skipped and reported; ``strict=True`` turns them into an error. Problems with the
 tables themselves are always errors.
 """
 
@@ -31,7 +32,7 @@ SUSPICIOUS_PEAK_MV = 10.0
 """Records kept but reported: a peak above this many mV (saturation, artefact or a
 large-amplitude recording that widens the int8 input range)."""
 
-_CACHE_FORMAT = 1  # bump when the prepared arrays change meaning
+_CACHE_FORMAT = 2  # bump when the prepared arrays change meaning (2: checksums and inf are skip reasons)
 
 
 class DataError(ValueError):
@@ -190,25 +191,43 @@ def read_record(root: Path, relpath: str, rate: int) -> np.ndarray:
         if not base.with_name(base.name + ext).is_file():
             raise RecordError(f"{base}{ext}: file not found")
     try:
-        signal, fields = wfdb.rdsamp(str(base))
+        # Digital samples first: the header's per-lead checksums are over them. dac() is
+        # what wfdb.rdsamp applies, so the millivolts are the same as rdsamp's.
+        record = wfdb.rdrecord(str(base), physical=False)
+        signal = record.dac(return_res=64)
     except Exception as exc:  # wfdb raises ValueError, IndexError, struct errors...
         raise RecordError(f"{base}: unreadable WFDB record ({type(exc).__name__}: {exc})") from None
-    if fields.get("fs") != rate:
-        raise RecordError(f"{base}.hea: sampling rate {fields.get('fs')} Hz, expected {rate} Hz")
-    names = tuple(str(n).upper() for n in fields.get("sig_name", ()))
+    if record.fs != rate:
+        raise RecordError(f"{base}.hea: sampling rate {record.fs} Hz, expected {rate} Hz")
+    names = tuple(str(n).upper() for n in record.sig_name or ())
     if names != LEADS:
         raise RecordError(f"{base}.hea: leads {','.join(names)}, expected {','.join(LEADS)}")
     if signal.shape != (rate * DURATION_S, len(LEADS)):
         raise RecordError(
             f"{base}: {signal.shape[0]} samples x {signal.shape[1]} leads, expected {rate * DURATION_S} x {len(LEADS)}"
         )
+    if record.checksum is not None:  # WFDB: sum of a lead's digital samples modulo 2^16
+        actual = record.calc_checksum()
+        wrong = np.array([c is not None and (a - c) % 65536 != 0 for a, c in zip(actual, record.checksum)])
+        if wrong.any():
+            raise RecordError(
+                f"{base}.dat: samples do not match the checksum in {base.name}.hea for lead(s) {_leads(wrong)} "
+                "(corrupted file); download it again"
+            )
     bad = np.isnan(signal).any(axis=0)
     if bad.any():
         raise RecordError(f"{base}.dat: NaN samples in lead(s) {_leads(bad)}")
     flat = np.ptp(signal, axis=0) == 0
     if flat.any():
         raise RecordError(f"{base}.dat: flat-line lead(s) {_leads(flat)} (constant signal)")
-    return signal.astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow is reported below, naming the file
+        signal = signal.astype(np.float32)
+    infinite = ~np.isfinite(signal).all(axis=0)  # a tiny gain in the header overflows float32
+    if infinite.any():
+        raise RecordError(
+            f"{base}.dat: infinite samples in lead(s) {_leads(infinite)} (values beyond float32; check the gain in {base.name}.hea)"
+        )
+    return signal
 
 
 def _leads(mask: np.ndarray) -> str:
@@ -269,11 +288,12 @@ def _prepare(root: Path, db, statements, rate: int, progress: bool) -> PtbxlData
     for ecg_id, row in track(db.iterrows(), total=len(db), description="Reading records", enabled=progress):
         ecg_id = int(ecg_id)
         try:
-            fold = int(row["strat_fold"])
-            if not 1 <= fold <= 10:
+            value = float(row["strat_fold"])  # int() would truncate 3.5 to fold 3
+            if not (value.is_integer() and 1 <= value <= 10):
                 raise ValueError
+            fold = int(value)
         except (TypeError, ValueError):
-            issues.append(RecordIssue(ecg_id, f"{DATABASE_CSV}: strat_fold {row['strat_fold']!r} is not 1..10"))
+            issues.append(RecordIssue(ecg_id, f"{DATABASE_CSV}: strat_fold {row['strat_fold']!r} is not an integer 1..10"))
             continue
         folds_found[fold] = folds_found.get(fold, 0) + 1
         try:

@@ -37,6 +37,10 @@ def split_folds(ds: PtbxlDataset, test_fold: int = TEST_FOLD, val_fold: int = VA
     return split
 
 
+class NonFiniteStandardization(DataError):
+    """A standardization whose mean or std is NaN or infinite; never written, and refitted by ``train``."""
+
+
 @dataclass(frozen=True)
 class Standardizer:
     """Per-lead standardization ``(x - mean) / std``, fitted on the training folds only."""
@@ -50,9 +54,21 @@ class Standardizer:
         if signals.ndim != 3 or signals.shape[0] == 0:
             raise ValueError(f"fit needs signals of shape (records, samples, leads), got {signals.shape}")
         flat = signals.reshape(-1, signals.shape[-1]).astype(np.float64)
-        std = flat.std(axis=0)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN input: reported below, naming the leads
+            std = flat.std(axis=0)
         std[std == 0] = 1.0  # a constant lead is left unscaled rather than divided by zero
-        return cls(flat.mean(axis=0).astype(np.float32), std.astype(np.float32))
+        fitted = cls(flat.mean(axis=0).astype(np.float32), std.astype(np.float32))
+        if fitted.bad_leads():
+            raise NonFiniteStandardization(
+                f"the training signals give a non-finite mean or std for lead(s) {fitted.bad_leads()}: they hold NaN, "
+                "infinite or float32-overflowing samples; load them with load_ptbxl, which skips such records"
+            )
+        return fitted
+
+    def bad_leads(self) -> str:
+        """Comma-separated names of the leads whose mean or std is not finite ('' when all are)."""
+        bad = ~(np.isfinite(self.mean) & np.isfinite(self.std) & (self.std > 0))
+        return ",".join(LEADS[i] if i < len(LEADS) else str(i) for i in np.flatnonzero(bad))
 
     def transform(self, signals: np.ndarray) -> np.ndarray:
         if signals.shape[-1] != self.mean.shape[0]:
@@ -64,13 +80,25 @@ class Standardizer:
         return {"leads": list(LEADS[: len(self.mean)]), "mean": self.mean.tolist(), "std": self.std.tolist()}
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write ``path`` atomically; a non-finite standardization is refused (it would poison every rerun)."""
+        if self.bad_leads():
+            raise NonFiniteStandardization(f"{path}: refusing to write a non-finite mean or std for lead(s) {self.bad_leads()}")
+        from edge_ecg.runfolder import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Standardizer":
+        """Read ``path``; NonFiniteStandardization if it holds NaN or infinite values."""
         path = Path(path)
         try:
             d = json.loads(path.read_text())
-            return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32))
-        except (OSError, ValueError, KeyError) as exc:
+            loaded = cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{path}: not a standardization file ({exc})") from exc
+        if loaded.bad_leads():
+            raise NonFiniteStandardization(
+                f"{path}: the mean or std of lead(s) {loaded.bad_leads()} is not finite (left by a run on bad data); "
+                "run `edge-ecg train` on this run folder again to refit it from the training folds"
+            )
+        return loaded
