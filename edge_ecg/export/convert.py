@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_ecg.preprocess import output_probabilities  # noqa: F401  (re-exported: export's callers use it from here)
+
 
 class ExportError(ValueError):
     """The model cannot be exported for the microcontroller; the message says why."""
@@ -144,16 +146,6 @@ def deployable_model(model):
     return model, "probability"
 
 
-def output_probabilities(q: np.ndarray, scale: float, zero_point: int, kind: str) -> np.ndarray:
-    """Probabilities from the int8 model outputs: dequantized, then the sigmoid if they are logits."""
-    x = (np.asarray(q, np.float32) - np.float32(zero_point)) * np.float32(scale)
-    if kind == "logit":
-        return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
-    if kind != "probability":
-        raise ValueError(f"output kind must be 'logit' or 'probability', got {kind!r}")
-    return x
-
-
 # --------------------------------------------------------------------------- conversion
 
 
@@ -185,7 +177,7 @@ def to_int8_tflite(model, representative: np.ndarray) -> bytes:
     models and for tfmot quantization-aware models alike (for the latter the ranges
     learnt during QAT are used). The result is checked with :func:`check_tflite`.
     """
-    from edge_ecg.tf import tf
+    from edge_ecg.tf import native_stderr_quiet, tf
 
     input_shape = tuple(model.input_shape[1:])
     if len(input_shape) != 2 or None in input_shape:
@@ -209,7 +201,8 @@ def to_int8_tflite(model, representative: np.ndarray) -> bytes:
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     try:
-        flatbuffer = converter.convert()
+        with native_stderr_quiet():  # the converter's C++ prints "fully_quantize: 0, ..." on every call
+            flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...
         first = str(exc).strip().splitlines()
         raise ExportError(
