@@ -18,7 +18,13 @@ run's ``export/model_int8.tflite`` and its generated ``export/aot/`` C model:
   .text, its kernels) from ``arm-none-eabi-size`` on ``ecg_model.c`` compiled for
   the Cortex-M4 (host ``size`` of a host object when the cross compiler is missing);
 * **instructions per inference on QEMU** (mps2-an386, Cortex-M4, AOT build): see
-  ``edge_ecg.bench.boards`` (``-icount shift=0``; 1 instruction = 1 ns virtual).
+  ``edge_ecg.bench.boards`` (``-icount shift=0``; 1 instruction = 1 ns virtual);
+* **per layer on QEMU**: the model built with ``-DECG_MODEL_PROFILE`` into
+  ``edge_ecg.aot.cortex_m``'s harness, which timestamps every op: MACs,
+  instructions and instructions per MAC of each layer.
+
+Instructions are not cycles: QEMU models no pipeline, wait states or multi-cycle
+instructions.
 
 Prints the table and writes JSON (default ``RUN/bench/runtimes.json``).
 """
@@ -75,6 +81,14 @@ def _object_size(c_dir: Path, workdir: Path) -> dict:
     return {"target": target, "sections": sections, "stack_frames": stack,
             "stack_bytes": abs(invoke) + max(others, default=0),
             "stack_static": all(v >= 0 for v in stack.values())}
+
+
+def _ops_report(tflite: bytes) -> list[dict]:
+    """The generator's per-op report (name, output shape, MACs) for this model."""
+    from edge_ecg.aot import generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return generate(tflite, tmp)["ops"]
 
 
 def _time_runtimes(tflite: bytes, arena: int, aot_lib: Path, x: np.ndarray, repeats: int) -> dict:
@@ -181,6 +195,11 @@ def main() -> None:
                 qemu = {"instructions": count, "firmware": {k: v for k, v in size.items() if k != "file"}}
             except BoardError as exc:
                 qemu = {"error": str(exc)}
+            if qemu and "instructions" in qemu:
+                from edge_ecg.aot.cortex_m import run_on_mps2
+
+                profile = run_on_mps2(aot_dir, [x[0]], tmp / "profile", profile=True)
+                qemu["per_op"] = {str(k): v for k, v in profile["op_instructions"].items()}
         result["qemu"] = qemu
 
     arena = exported["arena"]
@@ -190,8 +209,8 @@ def main() -> None:
         ("host time per inference, median (µs)", f"{timing['tflm_median_us']:.1f}", f"{timing['aot_median_us']:.1f}"),
         ("host time per inference, p90 (µs)", f"{timing['tflm_p90_us']:.1f}", f"{timing['aot_p90_us']:.1f}"),
         ("int8 outputs, TFLM = AOT (host)", f"{timing['identical_outputs']}/{timing['records']} records", ""),
-        ("RAM: arena / activations (B)", f"{arena['min_bytes']:,} measured ({arena['recommended_bytes']:,} rec.)",
-         f"{aot_info['activation_bytes']:,}"),
+        ("RAM: arena / activations incl. input (B)",
+         f"{arena['min_bytes']:,} measured ({arena['recommended_bytes']:,} rec.)", f"{aot_info['activation_bytes']:,}"),
         ("RAM: model stack (B)", "n/a (interpreter)", f"{obj['stack_bytes']:,} (-fstack-usage)"),
         ("flash: model data (B)", f"{exported['tflite']['bytes']:,} (.tflite)", f"{s.get('.rodata', 0):,} (.rodata)"),
         ("flash: model code (B)", "TFLM library (not measured)", f"{s.get('.text', 0):,} (.text)"),
@@ -214,6 +233,22 @@ def main() -> None:
     print(f"{'-' * width[0]}-+-{'-' * width[1]}-+-{'-' * width[2]}")
     for name, a, b in rows:
         print(f"{name:<{width[0]}} | {a:<{width[1]}} | {b}")
+    if qemu and "per_op" in qemu:
+        report_ops = _ops_report(tflite)
+        print("\nPer layer on QEMU mps2-an386 (Cortex-M4, DSP path; instructions, not cycles):")
+        print(f"{'op':>3} {'name':<20} {'output':<16} {'MACs':>11} {'instructions':>13} {'per MAC':>8}")
+        total_macs = total_instr = 0
+        for op in report_ops:
+            instr = qemu["per_op"].get(str(op["index"]))
+            if instr is None:
+                continue
+            macs = op.get("macs", 0)
+            total_macs += macs
+            total_instr += instr
+            per = f"{instr / macs:8.2f}" if macs else f"{'':8}"
+            print(f"{op['index']:>3} {op['op']:<20} {'x'.join(map(str, op['output'])):<16} {macs:>11,} {instr:>13,.0f} {per}")
+        print(f"{'':>3} {'total':<20} {'':<16} {total_macs:>11,} {total_instr:>13,.0f} {total_instr / max(total_macs, 1):8.2f}")
+        result["per_op"] = report_ops
     out = Path(args.out) if args.out else run / "bench" / "runtimes.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

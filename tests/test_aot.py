@@ -311,6 +311,84 @@ def test_random_architectures_cover_every_kernel():
     assert seen <= set(SUPPORTED_OPS)
 
 
+# Markers of each kernel variant in the generated C (a helper call or a comment).
+KERNEL_VARIANTS = {
+    "conv along one axis, 2 positions x 2 filters": "aot_dot_2x2(",
+    "conv along one axis, last position": "aot_dot_2x1(",
+    "conv, odd filter count": "aot_dot(",
+    "depthwise along one axis, 4 channels": "aot_dw4(",
+    "depthwise along one axis, remaining channels": "for (int t = 0; t <",
+    "depthwise, multiplier > 1 (general windows)": "multiplier 2,",
+    "requantization by right shift": "aot_out_r(",
+    "requantization, general": "aot_out(",
+    "border positions (padding)": "const int t0 = s0 < 0 ? -s0 : 0;",
+}
+
+
+@pytest.mark.slow
+def test_random_architectures_exercise_every_kernel_variant(tmp_path):
+    seen = {name: [] for name in KERNEL_VARIANTS}
+    for seed in range(NUM_RANDOM_MODELS):
+        generate(random_case(seed)[0], tmp_path / str(seed))
+        source = (tmp_path / str(seed) / "ecg_model.c").read_text()
+        for name, marker in KERNEL_VARIANTS.items():
+            if marker in source.split("AOT_OP", 1)[-1]:  # in the op functions, not the helpers
+                seen[name].append(seed)
+    assert all(seen.values()), f"never generated: {[n for n, s in seen.items() if not s]}"
+
+
+def _mps2_or_skip() -> None:
+    from edge_ecg.aot.cortex_m import tools_missing
+
+    reason = tools_missing()
+    if reason:
+        pytest.skip(f"Cortex-M DSP path on QEMU mps2-an386: {reason}")
+
+
+@pytest.mark.slow
+def test_random_architectures_are_bit_exact_on_cortex_m4_dsp_path(tmp_path):
+    """The same 30 models cross-compiled for the Cortex-M4 (ACLE DSP kernels) and run
+    under QEMU: every output byte equals TFLM's."""
+    _mps2_or_skip()
+    from edge_ecg.aot.cortex_m import run_on_mps2
+
+    for seed in range(NUM_RANDOM_MODELS):
+        model_bytes, sigma = random_case(seed)
+        src = tmp_path / f"m{seed}"
+        report = generate(model_bytes, src)
+        rng = np.random.default_rng(seed)
+        inputs = quantized_records(rng, report, sigma, 2) + random_int8_inputs(
+            rng, tuple(report["input"]["shape"]), 2)
+        got = run_on_mps2(src, inputs, tmp_path / f"w{seed}")["outputs"]
+        tflm = Tflm(model_bytes)
+        for i, (x, y) in enumerate(zip(inputs, got)):
+            assert np.array_equal(y.reshape(-1), tflm(x).reshape(-1)), f"seed {seed} input {i}: {op_names(model_bytes)}"
+
+
+@pytest.mark.slow
+def test_dscnn_full_size_is_bit_exact_on_cortex_m4_dsp_path(tmp_path):
+    _mps2_or_skip()
+    from edge_ecg.aot.cortex_m import run_on_mps2
+
+    model_bytes, _ = dscnn_case()
+    src = tmp_path / "dscnn"
+    report = generate(model_bytes, src)
+    rng = np.random.default_rng(1)
+    scale, zp = report["input"]["scale"], report["input"]["zero_point"]
+    inputs = [np.clip(np.round(r / scale) + zp, -128, 127).astype(np.int8) for r in rng.normal(0, 1, (3, 1000, 12))]
+    inputs += random_int8_inputs(rng, (1000, 12), 2)
+    result = run_on_mps2(src, inputs, tmp_path / "w", profile=True)
+    tflm = Tflm(model_bytes)
+    for x, y in zip(inputs, result["outputs"]):
+        assert np.array_equal(y.reshape(-1), tflm(x[None]).reshape(-1))
+    # Every compute op is timed, and the ops add up to the whole invoke (within the
+    # 40-instruction tick resolution per op and record).
+    ops = result["op_instructions"]
+    assert set(ops) == {op["index"] for op in report["ops"] if op["function"]}
+    total = sum(result["instructions"]) / len(inputs)
+    assert abs(sum(ops.values()) - total) <= 40 * (len(ops) + 1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])
 def test_logistic_matches_for_every_int8_input(scale, tmp_path):
@@ -581,11 +659,67 @@ def test_dscnn_memory_plan_never_overlaps_live_tensors():
     plan = memory_plan(model_bytes)
     plan_is_valid(plan)
     assert plan.arena_bytes <= plan.naive_bytes
-    # The input is read in place and the output written in place: neither is in the arena.
+    # The input lives in the arena (as in TFLM's), the output in the caller's buffer.
     bindings = {a.binding for a in plan.allocations}
     assert {"input", "output"} <= bindings
-    # The largest producer/consumer pair bounds the arena from below: 500x32 + 250x32.
-    assert plan.arena_bytes == 500 * 32 + 250 * 32
+    assert plan.input in plan.arena and plan.input.first == 0
+    # The stem convolution's input (1000x12) and output (500x32) are live together.
+    assert plan.arena_bytes == 1000 * 12 + 500 * 32
+
+
+def _input_readers_overlap(plan, steps) -> list[int]:
+    """Steps up to the input's last reader whose output bytes overlap the input's."""
+    tensor_in = plan.input
+    return [
+        s for s, step in enumerate(steps[: tensor_in.last + 1])
+        if step.kind != "alias" and plan.location(step.output).binding != "output"
+        and plan.location(step.output).overlaps_in_memory(tensor_in)
+    ]
+
+
+@pytest.mark.slow
+def test_input_in_the_plan_is_not_overwritten_before_its_last_reader(tmp_path):
+    """The input tensor shares the arena: no op may write over it until every op reading
+    it has run. Checked on the plan, and by a plan whose input lifetime is cut short to
+    step 0 (the reuse bug this guards against): its C model is then wrong."""
+    from edge_ecg.aot import codegen, planner
+    from edge_ecg.aot.graph import parse
+
+    model_bytes, _ = dscnn_case()
+    graph = parse(model_bytes)
+    steps = codegen._lower_all(graph, "double")
+    plan = planner.plan(graph, steps)
+    assert plan.input.last >= 1  # the stem convolution (step 1) reads it
+    assert _input_readers_overlap(plan, steps) == []
+
+    # A planner that forgets the input is read at step 1 puts the stem's output on it.
+    real_pack, real_plan = planner.pack, planner.plan
+
+    def short_lived_input(requests, alignment=16):
+        root = graph.inputs[0]
+        cut = [(k, size, f, 0 if k == root else l) for k, size, f, l in requests]
+        return real_pack(cut, alignment)
+
+    planner.pack = short_lived_input
+    try:
+        broken = planner.plan(graph, steps)
+        assert _input_readers_overlap(broken, steps), "the cut lifetime did not make the stem write over the input"
+        planner.plan = lambda g, st, alignment=16: broken  # what generate() uses
+        src = tmp_path / "broken"
+        generate(model_bytes, src)
+    finally:
+        planner.pack, planner.plan = real_pack, real_plan
+    # gcc itself sees the stem's in and out pointers alias (-Wrestrict): build it anyway.
+    subprocess.run(["gcc", "-std=c99", "-O2", "-shared", "-fPIC", "-Wno-restrict", "-o", str(tmp_path / "libbroken.so"),
+                    str(src / "ecg_model.c")], check=True, capture_output=True)
+    bad = AotModel(tmp_path / "libbroken.so")
+    good, _ = compile_model(model_bytes, tmp_path)
+    x = random_int8_inputs(np.random.default_rng(4), (1, 1000, 12), 3)
+    tflm = Tflm(model_bytes)
+    assert all(np.array_equal(good.invoke(v), tflm(v)) for v in x)
+    assert not all(np.array_equal(bad.invoke(v), tflm(v)) for v in x)
+    # Passing another buffer copies it into the input tensor first: same outputs.
+    assert all(np.array_equal(good.invoke(v, in_place=False), tflm(v)) for v in x)
 
 
 @pytest.mark.slow
@@ -598,9 +732,9 @@ def test_reshape_from_input_to_output_becomes_a_copy(tmp_path):
     model_bytes = convert_directly(model, np.random.default_rng(0).normal(size=(4, 16, 3)))
     assert op_names(model_bytes) == ["RESHAPE"]
     plan = memory_plan(model_bytes)
-    assert plan.copies == {0} and plan.arena_bytes == 0
+    assert plan.copies == {0} and plan.arena_bytes == 16 * 3  # the input tensor only
     aot, report = compile_model(model_bytes, tmp_path)
-    assert report["activation_bytes"] == 0
+    assert report["activation_bytes"] == 16 * 3
     assert_bit_exact(model_bytes, aot, random_int8_inputs(np.random.default_rng(1), (1, 16, 3), 3))
 
 
@@ -815,7 +949,10 @@ def test_generated_c_compiles_strictly_and_includes_only_the_c_library(tmp_path)
     report = generate(model_bytes, tmp_path, prefix="ecg_model")
     source = (tmp_path / "ecg_model.c").read_text()
     includes = {line.split()[1] for line in source.splitlines() if line.startswith("#include")}
-    assert includes == {"<stddef.h>", "<stdint.h>", "<string.h>", '"ecg_model.h"'}
+    # <arm_acle.h> only under __ARM_FEATURE_DSP (the Cortex-M DSP path).
+    assert includes == {"<stddef.h>", "<stdint.h>", "<string.h>", '"ecg_model.h"', "<arm_acle.h>"}
+    guard = source.index("#if defined(__ARM_FEATURE_DSP)")
+    assert guard < source.index("#include <arm_acle.h>") < source.index("#endif", guard)
     assert "malloc" not in source
     flags = ["-std=c99", "-pedantic", "-O2", "-Wall", "-Wextra", "-Werror", "-Wshadow",
              "-Wstrict-prototypes", "-Wmissing-prototypes", "-c"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import edge_ecg
 from edge_ecg.aot import fixedpoint as fp
 from edge_ecg.aot import kernels, planner
 from edge_ecg.aot.graph import AotError, Graph, Tensor, parse
+from edge_ecg.runfolder import sha256_bytes
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -19,22 +19,19 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MBQM_C = {
     "double": """\
 /* TFLite Micro's MultiplyByQuantizedMultiplier, double-rounding variant (the default
- * build, TFLITE_SINGLE_ROUNDING unset): gemmlowp's SaturatingRoundingDoublingHighMul
- * (nearest, ties up), then RoundingDivideByPOT (nearest, ties away from zero). Like
+ * build, TFLITE_SINGLE_ROUNDING unset): gemmlowp's SaturatingRoundingDoublingHighMul,
+ * then RoundingDivideByPOT (nearest, ties away from zero). The high multiply is
+ * floor((a * b + 2^30) / 2^31): TFLM's nudge of 2^30 or 1 - 2^30 and division
+ * truncating toward zero give the same value for every product, and its one
+ * saturating case (a = b = INT32_MIN) cannot occur because multipliers are
+ * nonnegative. One SMLAL and a shift on a 32-bit core, as CMSIS-NN computes it. Like
  * TFLite, this relies on >> of a negative integer being an arithmetic shift. */
 static inline int32_t aot_mbqm(int32_t x, int32_t multiplier, int shift) {
   const int left = shift > 0 ? shift : 0;
   const int right = shift > 0 ? 0 : -shift;
-  const int32_t a = (int32_t)((uint32_t)x << left);
-  int32_t high;
-  if (a == INT32_MIN && multiplier == INT32_MIN) {
-    high = INT32_MAX;
-  } else {
-    const int64_t ab = (int64_t)a * multiplier;
-    const int64_t nudge = ab >= 0 ? ((int64_t)1 << 30) : 1 - ((int64_t)1 << 30);
-    high = (int32_t)((ab + nudge) / ((int64_t)1 << 31));
-  }
-  const int32_t mask = (int32_t)(((int64_t)1 << right) - 1);
+  const int64_t ab = (int64_t)(int32_t)((uint32_t)x << left) * multiplier;
+  const int32_t high = (int32_t)((ab + ((int64_t)1 << 30)) >> 31);
+  const int32_t mask = (int32_t)((1u << right) - 1u);
   const int32_t remainder = high & mask;
   const int32_t threshold = (mask >> 1) + (high < 0 ? 1 : 0);
   return (high >> right) + (remainder > threshold ? 1 : 0);
@@ -129,11 +126,13 @@ def generate(
     The C file holds the weights and biases (``static const``), one ``static``
     function per op with shapes and quantization constants as literals, one static
     activation buffer with offsets from :func:`memory_plan`, and the entry point
-    ``int <prefix>_invoke(const int8_t *input, int8_t *output)``. The model input is
-    read from, and the output written to, the caller's buffers directly.
+    ``int <prefix>_invoke(const int8_t *input, int8_t *output)``. The model input lives
+    in the activation buffer (``<prefix>_input()``; its bytes are reused once the
+    last op reading it has run), the output is written to the caller's buffer.
 
     Returns the report: ``files`` (paths), ``model_sha256``, ``generator_version``,
-    ``rounding``, ``activation_bytes`` (the buffer), ``weights_bytes`` (all constant
+    ``rounding``, ``activation_bytes`` (the buffer, input included: the model's RAM but the stack),
+    ``input_offset`` (the input tensor's offset in it), ``weights_bytes`` (all constant
     data: weights, biases, multipliers, shifts, tables), ``naive_activation_bytes``
     (no reuse), ``input``/``output`` (shape, scale, zero point, bytes), ``ops`` (one
     entry per op: index, name, shapes, C function or None for an alias, MACs) and
@@ -154,17 +153,17 @@ def generate(
     steps = _lower_all(graph, rounding)
     plan = planner.plan(graph, steps, alignment)
     tin, tout = _check_io(graph)
-    sha = hashlib.sha256(model).hexdigest()
+    sha = sha256_bytes(model)  # the model hash, as export.json and info% give it
     P = prefix.upper()
     width = max(2, len(str(len(graph.ops) - 1)))
 
     def where(t: int) -> str:
         a = plan.location(t)
-        if a.binding == "input":
-            return "input"
         if a.binding == "output":
             return "output"
         return f"arena + {a.offset}"
+
+    input_offset = plan.input.offset
 
     functions, calls, ops_report = [], [], []
     data_bytes = 0
@@ -195,9 +194,16 @@ def generate(
             fn = f"op{op.index:0{width}d}_{op.name.lower()}"
             code = step.emit(fn)
             data_bytes += code.data_bytes
-            functions.append((code.data + "\n" if code.data else "") + code.function)
+            # Each op stays its own function (AOT_OP): inlined into the invoke, the kernels'
+            # register allocation came out worse (spills in the inner loops) and the ops
+            # could not be timed apart. GCC gets noipa, not just noinline: with noinline
+            # alone, GCC 12 -O2 (host and arm-none-eabi) computed a wrong CONCATENATION
+            # in random architecture 3 of tests/test_aot.py (not root-caused; it went away
+            # without inter-procedural analysis and at -O0).
+            function = code.function.replace(f"static void {fn}(", f"AOT_OP void {fn}(", 1)
+            functions.append((code.data + "\n" if code.data else "") + function)
             args = ", ".join([where(t) for t in step.inputs] + [where(step.output)])
-            calls.append(f"  {fn}({args});")
+            calls.append(f"  {fn}({args});\n  AOT_PROFILE({op.index});")
             entry["function"] = fn
         ops_report.append(entry)
 
@@ -228,7 +234,8 @@ def generate(
         f"#define {P}_OUTPUT_RANK {len(tout.shape)}\n"
         f"#define {P}_OUTPUT_SCALE {_c_float(tout.scale)}\n"
         f"#define {P}_OUTPUT_ZERO_POINT ({tout.zero_point})\n"
-        f"#define {P}_ACTIVATION_BYTES {arena_bytes}\n"
+        f"#define {P}_ACTIVATION_BYTES {arena_bytes} /* all of the model's RAM but the stack, input included */\n"
+        f"#define {P}_OP_COUNT {len(graph.ops)}\n"
         f"#define {P}_CONSTANT_BYTES {data_bytes}\n\n"
         f"#define {P}_OK 0\n"
         f"#define {P}_ERROR_NULL_POINTER 1\n\n"
@@ -237,10 +244,18 @@ def generate(
         f"extern const int32_t {prefix}_input_shape[{P}_INPUT_RANK];\n"
         f"extern const int32_t {prefix}_output_rank;\n"
         f"extern const int32_t {prefix}_output_shape[{P}_OUTPUT_RANK];\n\n"
+        f"/* The model's input tensor, {P}_INPUT_SIZE bytes inside the activation buffer (as\n"
+        " * TFLite Micro's input lives in its arena). Fill it, then invoke with it as input:\n"
+        " * no copy is made. Later ops reuse these bytes, so refill it before every invoke. */\n"
+        f"int8_t *{prefix}_input(void);\n\n"
         f"/* Runs the model on {P}_INPUT_SIZE int8 values, writing {P}_OUTPUT_SIZE.\n"
-        f" * Returns {P}_OK, or {P}_ERROR_NULL_POINTER. The two buffers must not overlap.\n"
-        " * Not reentrant: intermediate tensors live in one static buffer. */\n"
+        f" * `input` is {prefix}_input() (no copy) or any other buffer (copied into it first).\n"
+        f" * Returns {P}_OK, or {P}_ERROR_NULL_POINTER. The output must not overlap the input.\n"
+        " * Not reentrant: the tensors live in one static buffer. */\n"
         f"int {prefix}_invoke(const int8_t *input, int8_t *output);\n\n"
+        "/* Builds with -DECG_MODEL_PROFILE call this (defined by the caller) after each op\n"
+        " * with the op's index in the .tflite, to time the ops. */\n"
+        f"void {prefix}_profile_op(int op_index);\n\n"
         "#ifdef __cplusplus\n}\n#endif\n\n"
         f"#endif /* {P}_H_ */\n"
     )
@@ -258,29 +273,42 @@ def generate(
         + ", ".join(str(d) for d in tout.shape)
         + "};\n\n",
     ]
-    if "aot_mbqm(" in body:
+    if "aot_mbqm(" in body or "aot_out(" in body:
         parts.append(_MBQM_C[rounding] + "\n")
-    if arena_bytes:
-        parts.append(
-            f"/* All intermediate tensors, at offsets planned at generation time; each\n"
-            f" * offset is a multiple of {alignment}. The union aligns the buffer on any C99\n"
-            f" * compiler, the attribute to {alignment} bytes on GCC and Clang. */\n"
-            "#if defined(__GNUC__)\n"
-            f"#define {P}_ARENA_ALIGN __attribute__((aligned({alignment})))\n"
-            "#else\n"
-            f"#define {P}_ARENA_ALIGN\n"
-            "#endif\n"
-            "static union {\n"
-            f"  int8_t bytes[{arena_bytes}];\n"
-            "  int64_t align_int64;\n"
-            "  double align_double;\n"
-            f"}} aot_arena {P}_ARENA_ALIGN;\n\n"
-        )
+    parts.append(
+        "#if defined(__clang__)\n#define AOT_OP static __attribute__((noinline))\n"
+        "#elif defined(__GNUC__) && __GNUC__ >= 8\n#define AOT_OP static __attribute__((noipa))\n"
+        "#else\n#define AOT_OP static\n#endif\n\n"
+    )
+    parts.append(kernels.helpers_for(body))
+    parts.append(
+        f"/* The input and all intermediate tensors, at offsets planned at generation time; each\n"
+        f" * offset is a multiple of {alignment}. The union aligns the buffer on any C99\n"
+        f" * compiler, the attribute to {alignment} bytes on GCC and Clang. */\n"
+        "#if defined(__GNUC__)\n"
+        f"#define {P}_ARENA_ALIGN __attribute__((aligned({alignment})))\n"
+        "#else\n"
+        f"#define {P}_ARENA_ALIGN\n"
+        "#endif\n"
+        "static union {\n"
+        f"  int8_t bytes[{arena_bytes}];\n"
+        "  int64_t align_int64;\n"
+        "  double align_double;\n"
+        f"}} aot_arena {P}_ARENA_ALIGN;\n\n"
+    )
     parts.append(body)
-    invoke = f"\nint {prefix}_invoke(const int8_t *input, int8_t *output) {{\n"
-    if arena_bytes:
-        invoke += "  int8_t *const arena = aot_arena.bytes;\n"
+    invoke = (
+        f"\nint8_t *{prefix}_input(void) {{\n  return aot_arena.bytes + {input_offset};\n}}\n\n"
+        f"#if defined({P}_PROFILE)\n#define AOT_PROFILE(op_index) {prefix}_profile_op(op_index)\n"
+        "#else\n#define AOT_PROFILE(op_index) ((void)0)\n#endif\n"
+    )
+    invoke += f"\nint {prefix}_invoke(const int8_t *input, int8_t *output) {{\n"
+    invoke += "  int8_t *const arena = aot_arena.bytes;\n"
     invoke += f"  if (input == NULL || output == NULL) return {P}_ERROR_NULL_POINTER;\n"
+    invoke += (
+        f"  /* The input tensor is arena + {input_offset}; ops after its last reader overwrite it. */\n"
+        f"  if (input != arena + {input_offset}) memcpy(arena + {input_offset}, input, {tin.size});\n"
+    )
     invoke += "\n".join(calls) + f"\n  return {P}_OK;\n}}\n"
     parts.append(invoke)
     source = re.sub(r"\n{3,}", "\n\n", "".join(parts))
@@ -301,6 +329,7 @@ def generate(
         "weights_bytes": data_bytes,
         "alignment": alignment,
         "naive_activation_bytes": plan.naive_bytes,
+        "input_offset": input_offset,
         "input": {
             "shape": list(tin.shape),
             "scale": tin.scale,

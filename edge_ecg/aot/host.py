@@ -49,6 +49,9 @@ class AotModel:
         self._invoke = getattr(self._lib, f"{prefix}_invoke")
         self._invoke.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
         self._invoke.restype = ctypes.c_int
+        self._input = getattr(self._lib, f"{prefix}_input")
+        self._input.argtypes = ()
+        self._input.restype = ctypes.c_void_p
         self.input_shape = self._shape(prefix, "input")
         self.output_shape = self._shape(prefix, "output")
         self.input_size = int(np.prod(self.input_shape))
@@ -59,15 +62,24 @@ class AotModel:
         dims = (ctypes.c_int32 * rank).in_dll(self._lib, f"{prefix}_{which}_shape")
         return tuple(int(d) for d in dims)
 
-    def invoke(self, x: np.ndarray) -> np.ndarray:
-        """Run the model on int8 ``x`` (any shape holding the input's size)."""
+    def invoke(self, x: np.ndarray, *, in_place: bool = True) -> np.ndarray:
+        """Run the model on int8 ``x`` (any shape holding the input's size).
+
+        ``in_place``: write ``x`` into the model's input tensor (``<prefix>_input()``,
+        inside the activation buffer) and invoke on it, as a device does; otherwise
+        pass ``x``'s own buffer, which the model copies in."""
         x = np.ascontiguousarray(x)
         if x.dtype != np.int8:
             raise TypeError(f"input must be int8, got {x.dtype}")
         if x.size != self.input_size:
             raise ValueError(f"input has {x.size} values, the model takes {self.input_size}")
         out = np.empty(self.output_shape, dtype=np.int8)
-        status = self._invoke(x.ctypes.data, out.ctypes.data)
+        if in_place:
+            tensor = self._input()
+            ctypes.memmove(tensor, x.ctypes.data, x.size)
+            status = self._invoke(tensor, out.ctypes.data)
+        else:
+            status = self._invoke(x.ctypes.data, out.ctypes.data)
         if status != 0:
             raise RuntimeError(f"invoke returned {status}")
         return out

@@ -62,6 +62,205 @@ def _shape(t: Tensor) -> str:
     return "x".join(str(d) for d in t.shape) or "1"
 
 
+# --- C helpers shared by the generated kernels ------------------------------------------
+
+# Each helper is emitted once, before the op functions, when some op's code names it.
+# Order matters: later helpers use earlier ones.
+HELPERS: dict[str, str] = {
+    "AOT_INLINE": """\
+/* Small helpers must inline into the op functions for their constant sizes to fold. */
+#if defined(__GNUC__)
+#define AOT_INLINE static inline __attribute__((always_inline))
+#else
+#define AOT_INLINE static inline
+#endif
+""",
+    "AOT_DSP": """\
+/* Cortex-M DSP extension (M4, M7, M33 with DSP, M55): ACLE intrinsics, two 16x16
+ * multiply-accumulates per instruction (SMLAD) on bytes widened by SXTB16. Every
+ * other target (host, ESP32 Xtensa, RISC-V) runs the portable C beside it; both
+ * compute the same int32 sums. Define AOT_PORTABLE to force the portable path. */
+#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && !defined(AOT_PORTABLE)
+#include <arm_acle.h>
+#define AOT_DSP 1
+/* Four int8 values as one word; memcpy keeps unaligned reads well defined (one LDR). */
+AOT_INLINE int32_t aot_read4(const int8_t *p) {
+  int32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+/* Bytes 1 and 3 of v, sign-extended to two halfwords: SXTB16 of v rotated by 8, one
+ * instruction (ACLE's __sxtb16 takes no rotation; GCC and Clang get it inline). */
+AOT_INLINE int32_t aot_odd16(int32_t v) {
+#if defined(__GNUC__)
+  int32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+#else
+  return __sxtb16((int32_t)(((uint32_t)v >> 8) | ((uint32_t)v << 24)));
+#endif
+}
+#endif
+""",
+    "aot_out": """\
+/* Requantize an accumulator to the output: TFLM's MultiplyByQuantizedMultiplier, plus
+ * the output zero point, clamped to the fused activation's range. */
+AOT_INLINE int8_t aot_out(int32_t acc, int32_t multiplier, int shift, int32_t zero_point,
+                          int32_t lo, int32_t hi) {
+  acc = aot_mbqm(acc, multiplier, shift) + zero_point;
+  return (int8_t)(acc < lo ? lo : (acc > hi ? hi : acc));
+}
+""",
+    "aot_out_r": """\
+/* aot_out where the generator proved two things for every channel: the multiplier is
+ * below 0.5 (shift = -right, right >= 1, no left shift) and |acc| < 2^29. Then
+ * RoundingDivideByPOT(h, right), TFLM's mask-and-threshold rounding (ties away from
+ * zero), equals (h + 2^(right-1) - (h < 0)) >> right, and the add cannot overflow. */
+AOT_INLINE int8_t aot_out_r(int32_t acc, int32_t multiplier, int right, int32_t zero_point,
+                            int32_t lo, int32_t hi) {
+#if defined(AOT_DSP) && defined(__GNUC__)
+  /* floor((acc * m + 2^30) / 2^31) = floor((2 acc * m + 2^31) / 2^32): SMMULR of 2 acc,
+   * which fits in 32 bits because |acc| < 2^29. */
+  int32_t high;
+  __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"(acc * 2), "r"(multiplier));
+#else
+  const int32_t high = (int32_t)(((int64_t)acc * multiplier + ((int64_t)1 << 30)) >> 31);
+#endif
+  int32_t v = (high + (int32_t)(1u << (right - 1)) - (int32_t)((uint32_t)high >> 31)) >> right;
+  v += zero_point;
+#if defined(AOT_DSP) && defined(__ARM_FEATURE_SAT)
+  if (lo == -128 && hi == 127) return (int8_t)__ssat(v, 8); /* folds away for constant bounds */
+#endif
+  return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+""",
+    "aot_dot_2x2": """\
+/* Two filter rows (w0, w1) times two input windows (x0, x1), n bytes each:
+ * acc[0] += w0.x0, acc[1] += w1.x0, acc[2] += w0.x1, acc[3] += w1.x1. */
+AOT_INLINE void aot_dot_2x2(const int8_t *w0, const int8_t *w1, const int8_t *x0,
+                            const int8_t *x1, int n, int32_t *acc) {
+  int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+  int j = 0;
+#if defined(AOT_DSP)
+  for (; j + 4 <= n; j += 4) {
+    const int32_t xa = aot_read4(x0 + j), xb = aot_read4(x1 + j);
+    const int32_t xa0 = __sxtb16(xa), xa1 = aot_odd16(xa);
+    const int32_t xb0 = __sxtb16(xb), xb1 = aot_odd16(xb);
+    const int32_t wa = aot_read4(w0 + j), wb = aot_read4(w1 + j);
+    const int32_t wa0 = __sxtb16(wa), wa1 = aot_odd16(wa);
+    a00 = __smlad(xa0, wa0, a00);
+    a00 = __smlad(xa1, wa1, a00);
+    a10 = __smlad(xb0, wa0, a10);
+    a10 = __smlad(xb1, wa1, a10);
+    const int32_t wb0 = __sxtb16(wb), wb1 = aot_odd16(wb);
+    a01 = __smlad(xa0, wb0, a01);
+    a01 = __smlad(xa1, wb1, a01);
+    a11 = __smlad(xb0, wb0, a11);
+    a11 = __smlad(xb1, wb1, a11);
+  }
+#endif
+  for (; j < n; ++j) {
+    const int32_t xa = x0[j], xb = x1[j];
+    a00 += w0[j] * xa;
+    a01 += w1[j] * xa;
+    a10 += w0[j] * xb;
+    a11 += w1[j] * xb;
+  }
+  acc[0] = a00;
+  acc[1] = a01;
+  acc[2] = a10;
+  acc[3] = a11;
+}
+""",
+    "aot_dot_2x1": """\
+/* Two filter rows times one input window: acc[0] += w0.x, acc[1] += w1.x. */
+AOT_INLINE void aot_dot_2x1(const int8_t *w0, const int8_t *w1, const int8_t *x, int n,
+                            int32_t *acc) {
+  int32_t a0 = acc[0], a1 = acc[1];
+  int j = 0;
+#if defined(AOT_DSP)
+  for (; j + 4 <= n; j += 4) {
+    const int32_t xv = aot_read4(x + j);
+    const int32_t x0 = __sxtb16(xv), x1 = aot_odd16(xv);
+    const int32_t wa = aot_read4(w0 + j), wb = aot_read4(w1 + j);
+    a0 = __smlad(x0, __sxtb16(wa), a0);
+    a0 = __smlad(x1, aot_odd16(wa), a0);
+    a1 = __smlad(x0, __sxtb16(wb), a1);
+    a1 = __smlad(x1, aot_odd16(wb), a1);
+  }
+#endif
+  for (; j < n; ++j) {
+    a0 += w0[j] * x[j];
+    a1 += w1[j] * x[j];
+  }
+  acc[0] = a0;
+  acc[1] = a1;
+}
+""",
+    "aot_dot": """\
+/* acc + w.x over n bytes. */
+AOT_INLINE int32_t aot_dot(const int8_t *w, const int8_t *x, int n, int32_t acc) {
+  int j = 0;
+#if defined(AOT_DSP)
+  for (; j + 4 <= n; j += 4) {
+    const int32_t xv = aot_read4(x + j), wv = aot_read4(w + j);
+    acc = __smlad(__sxtb16(xv), __sxtb16(wv), acc);
+    acc = __smlad(aot_odd16(xv), aot_odd16(wv), acc);
+  }
+#endif
+  for (; j < n; ++j) acc += w[j] * x[j];
+  return acc;
+}
+""",
+    "aot_dw4": """\
+/* Depthwise taps for four neighbouring channels: acc[i] += sum over t < taps of
+ * w[t * ws + i] * x[t * xs + i]. On DSP, SMLABB/SMLATT multiply the halfwords of one
+ * SXTB16 each: channels 0 and 2 from the word, 1 and 3 from its odd bytes. */
+AOT_INLINE void aot_dw4(const int8_t *w, int ws, const int8_t *x, int xs, int taps,
+                        int32_t *acc) {
+  int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+  for (int t = 0; t < taps; ++t) {
+#if defined(AOT_DSP)
+    const int32_t xv = aot_read4(x + t * xs), wv = aot_read4(w + t * ws);
+    const int32_t x02 = __sxtb16(xv), w02 = __sxtb16(wv);
+    const int32_t x13 = aot_odd16(xv), w13 = aot_odd16(wv);
+    a0 = __smlabb(x02, w02, a0);
+    a2 = __smlatt(x02, w02, a2);
+    a1 = __smlabb(x13, w13, a1);
+    a3 = __smlatt(x13, w13, a3);
+#else
+    const int8_t *const xt = x + t * xs;
+    const int8_t *const wt = w + t * ws;
+    a0 += wt[0] * xt[0];
+    a1 += wt[1] * xt[1];
+    a2 += wt[2] * xt[2];
+    a3 += wt[3] * xt[3];
+#endif
+  }
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
+}
+""",
+}
+HELPERS_NEEDING = {
+    "aot_out": ("AOT_INLINE",),
+    "aot_out_r": ("AOT_INLINE", "AOT_DSP"),
+    "aot_dot_2x2": ("AOT_INLINE", "AOT_DSP"),
+    "aot_dot_2x1": ("AOT_INLINE", "AOT_DSP"),
+    "aot_dot": ("AOT_INLINE", "AOT_DSP"),
+    "aot_dw4": ("AOT_INLINE", "AOT_DSP"),
+}
+
+
+def helpers_for(body: str) -> str:
+    """The helper definitions ``body`` (the op functions' C) uses, in dependency order."""
+    used = {name for name in HELPERS_NEEDING if f"{name}(" in body}
+    needed = {dep for name in used for dep in HELPERS_NEEDING[name]} | used
+    return "".join(HELPERS[name] + "\n" for name in HELPERS if name in needed)
+
+
 # --- checks -----------------------------------------------------------------------------
 
 
@@ -216,18 +415,53 @@ class _Multipliers:
         self.pairs = pairs
         self.uniform = len(set(pairs)) == 1
         self.index = index
+        self.right = False  # aot_out_r with right shifts (see right_shift_only)
+
+    def right_shift_only(self, rounding: str, acc_bound: int) -> None:
+        """Requantize with aot_out_r where it gives TFLM's result: double rounding, every
+        multiplier below 0.5 (a right shift of at least 1, no left shift) and accumulators
+        bounded by 2**29 in magnitude (``acc_bound``, from the weights and biases), so
+        that RoundingDivideByPOT's rounding add cannot overflow."""
+        self.right = rounding == "double" and all(s <= -1 for _, s in self.pairs) and acc_bound < 1 << 29
 
     def data(self, fn: str) -> tuple[str, int]:
         if self.uniform:
             return "", 0
         m = c_array("int32_t", f"{fn}_multiplier", [p[0] for p in self.pairs], 8)
-        s = c_array("int32_t", f"{fn}_shift", [p[1] for p in self.pairs], 16)
+        if self.right:
+            s = c_array("int32_t", f"{fn}_right", [-p[1] for p in self.pairs], 16)
+        else:
+            s = c_array("int32_t", f"{fn}_shift", [p[1] for p in self.pairs], 16)
         return m + s, 8 * len(self.pairs)
 
     def refs(self, fn: str) -> tuple[str, str]:
+        assert not self.right, "refs() is for aot_mbqm"
         if self.uniform:
             return c_int(self.pairs[0][0]), c_int(self.pairs[0][1])
         return f"{fn}_multiplier[{self.index}]", f"{fn}_shift[{self.index}]"
+
+    def bind(self, fn: str) -> _Multipliers:
+        """Remember the op function's name, for :meth:`out`."""
+        self.fn = fn
+        return self
+
+    def out(self, var: str, channel: str, zero_point: int, lo: int, hi: int) -> str:
+        """C of the int8 output for accumulator ``var`` of output channel ``channel``."""
+        m, s = self.pairs[0] if self.uniform else (None, None)
+        if self.right:
+            m, s = (c_int(m), -s) if self.uniform else (f"{self.fn}_multiplier[{channel}]", f"{self.fn}_right[{channel}]")
+            return f"aot_out_r({var}, {m}, {s}, {zero_point}, {lo}, {hi})"
+        m, s = (c_int(m), s) if self.uniform else (f"{self.fn}_multiplier[{channel}]", f"{self.fn}_shift[{channel}]")
+        return f"aot_out({var}, {m}, {s}, {zero_point}, {lo}, {hi})"
+
+
+def _acc_bound(weights: np.ndarray, *biases) -> int:
+    """The largest |accumulator| of a convolution whose filters are the rows of
+    ``weights`` (one per output channel): a bias plus 255 (the widest int8 input with
+    its offset) times the row's absolute sum."""
+    rows = np.abs(weights.astype(np.int64)).sum(axis=1)
+    start = np.max([np.abs(np.asarray(b, dtype=np.int64)) for b in biases], axis=0)
+    return int((start + 255 * rows).max())
 
 
 def _window_bounds(ih: int, iw: int, kh: int, kw: int) -> tuple[str, str]:
@@ -277,6 +511,193 @@ def _conv_multipliers(inp: Tensor, scales: list[float], out: Tensor, rounding: s
     return [fp.quantize_multiplier(inp.scale * s / out.scale, rounding) for s in scales]
 
 
+# --- convolutions along one axis: the fast path -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Line:
+    """A convolution whose output positions run along one axis and whose input windows
+    are contiguous runs of bytes: (T, 1, C) records with (k, 1) kernels and Conv1D's
+    (1, T, C) with (1, k). Output position ``o`` reads input steps ``o * stride - pad``
+    onwards, ``row`` bytes per step; positions in [lo, hi) have windows wholly inside
+    the input (no padding), the rest are the border."""
+
+    length_in: int
+    length_out: int
+    k: int
+    stride: int
+    pad: int
+    row: int
+    lo: int
+    hi: int
+
+    @property
+    def border(self) -> list[tuple[int, int]]:
+        """The [start, end) ranges of output positions whose windows are clipped."""
+        return [(a, b) for a, b in ((0, self.lo), (self.hi, self.length_out)) if a < b]
+
+
+def _line(ih: int, iw: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, oh: int, ow: int,
+          channels: int, depthwise: bool) -> _Line | None:
+    """The 1-D view of a convolution, or None when it has none (true 2-D windows)."""
+    if ow == 1 and pw == 0 and kw == iw and (iw == 1 or not depthwise):
+        n_in, n_out, k, s, p, row = ih, oh, kh, sh, ph, iw * channels
+    elif oh == 1 and ph == 0 and kh == ih == 1:
+        n_in, n_out, k, s, p, row = iw, ow, kw, sw, pw, channels
+    else:
+        return None
+    inside = [o for o in range(n_out) if o * s - p >= 0 and o * s - p + k <= n_in]
+    lo, hi = (inside[0], inside[-1] + 1) if inside else (n_out, n_out)
+    return _Line(n_in, n_out, k, s, p, row, lo, hi)
+
+
+def _line_border(line: _Line, body: str) -> str:
+    """C running ``body`` for each border position ``o``, with ``x`` at its first input
+    byte inside the input and ``t0``/``t1`` the taps [t0, t1) that are inside."""
+    code = ""
+    for a, b in line.border:
+        code += (
+            f"for (int o = {a}; o < {b}; ++o) {{\n"
+            f"  const int s0 = o * {line.stride}{_plus(-line.pad)};\n"
+            f"  const int t0 = s0 < 0 ? -s0 : 0;\n"
+            f"  const int t1 = {line.length_in} - s0 < {line.k} ? {line.length_in} - s0 : {line.k};\n"
+            f"  const int8_t *const x = in + (s0 + t0) * {line.row};\n"
+            + _indent(body, 2)
+            + "}\n"
+        )
+    return code
+
+
+def _line_conv_body(fn: str, line: _Line, oc: int, mults: _Multipliers, out_zp: int, amin: int, amax: int,
+                    in_off: int, bias_ref: str, weights: str, bias_full: str) -> str:
+    """The statements of a CONV_2D (or FULLY_CONNECTED: k = 1, no padding) on a line:
+    interior positions two at a time against two filters at a time (aot_dot_2x2: the
+    four dot products share their loads), the border with per-position clipping."""
+    window = line.k * line.row  # bytes of a full window = one filter's length
+    step = line.stride * line.row
+
+    def out(var: str, y: str, ch: str) -> str:
+        dest = f"{y}[{ch}]" if "[" not in y else f"{y[:-1]} + {ch}]"
+        return f"{dest} = {mults.out(var, ch, out_zp, amin, amax)};\n"
+
+    pairs = oc - oc % 2
+    n = line.hi - line.lo
+    code = ""
+    if n >= 2:
+        two = (
+            f"for (int c = 0; c < {pairs}; c += 2) {{\n"
+            f"  const int8_t *const w = {weights} + c * {window};\n"
+            f"  int32_t acc[4];\n"
+            f"  acc[0] = acc[2] = {bias_full}[c];\n"
+            f"  acc[1] = acc[3] = {bias_full}[c + 1];\n"
+            f"  aot_dot_2x2(w, w + {window}, x, x + {step}, {window}, acc);\n"
+            + _indent(out("acc[0]", "y", "c") + out("acc[1]", "y", "c + 1")
+                      + out("acc[2]", f"y[{oc}]", "c") + out("acc[3]", f"y[{oc}]", "c + 1"), 2)
+            + "}\n"
+        )
+        if oc % 2:
+            c = oc - 1
+            two += (
+                f"{{\n  const int8_t *const w = {weights} + {c * window};\n"
+                f"  int32_t acc[2];\n"
+                f"  acc[0] = aot_dot(w, x, {window}, {bias_full}[{c}]);\n"
+                f"  acc[1] = aot_dot(w, x + {step}, {window}, {bias_full}[{c}]);\n"
+                + _indent(out("acc[0]", "y", str(c)) + out("acc[1]", f"y[{oc}]", str(c)), 2)
+                + "}\n"
+            )
+        code += (
+            f"for (int o = {line.lo}; o < {line.lo + n - n % 2}; o += 2) {{\n"
+            f"  const int8_t *const x = in + o * {step}{_plus(-line.pad * line.row)};\n"
+            f"  int8_t *const y = out + o * {oc};\n"
+            + _indent(two, 2) + "}\n"
+        )
+    if n % 2:
+        one = (
+            f"for (int c = 0; c < {pairs}; c += 2) {{\n"
+            f"  const int8_t *const w = {weights} + c * {window};\n"
+            f"  int32_t acc[2];\n"
+            f"  acc[0] = {bias_full}[c];\n"
+            f"  acc[1] = {bias_full}[c + 1];\n"
+            f"  aot_dot_2x1(w, w + {window}, x, {window}, acc);\n"
+            + _indent(out("acc[0]", "y", "c") + out("acc[1]", "y", "c + 1"), 2)
+            + "}\n"
+        )
+        if oc % 2:
+            c = oc - 1
+            one += (
+                f"{{\n  const int32_t acc = aot_dot({weights} + {c * window}, x, {window}, {bias_full}[{c}]);\n"
+                + _indent(out("acc", "y", str(c)), 2) + "}\n"
+            )
+        code += (
+            f"{{\n  const int8_t *const x = in + {(line.hi - 1) * step - line.pad * line.row};\n"
+            f"  int8_t *const y = out + {(line.hi - 1) * oc};\n"
+            + _indent(one, 2) + "}\n"
+        )
+    if line.border:
+        clipped = (
+            f"int8_t *const y = out + o * {oc};\n"
+            f"for (int c = 0; c < {oc}; ++c) {{\n"
+            f"  const int8_t *const w = {weights} + c * {window} + t0 * {line.row};\n"
+            f"  int32_t acc = {bias_ref};\n"
+            f"  for (int j = 0; j < (t1 - t0) * {line.row}; ++j) acc += w[j] * (x[j]{_plus(in_off)});\n"
+            + _indent(out("acc", "y", "c"), 2)
+            + "}\n"
+        )
+        code += _line_border(line, clipped)
+    return code
+
+
+def _line_depthwise_body(fn: str, line: _Line, c: int, mults: _Multipliers, out_zp: int, amin: int, amax: int,
+                         in_off: int, bias_ref: str) -> str:
+    """The statements of a DEPTHWISE_CONV_2D (depth multiplier 1) on a line: for each
+    interior position, four channels at a time through aot_dw4 (accumulators in
+    registers), the rest one by one; the border with per-position clipping."""
+    weights, bias_full = f"{fn}_weights", f"{fn}_bias_full"
+    step = line.stride * line.row
+
+    def out(var: str, ch: str) -> str:
+        return f"y[{ch}] = {mults.out(var, ch, out_zp, amin, amax)};\n"
+
+    quads = c - c % 4
+    code = ""
+    if line.hi > line.lo:
+        each = ""
+        if quads:
+            each += (
+                f"for (int ch = 0; ch < {quads}; ch += 4) {{\n"
+                f"  int32_t acc[4];\n"
+                f"  for (int i = 0; i < 4; ++i) acc[i] = {bias_full}[ch + i];\n"
+                f"  aot_dw4({weights} + ch, {c}, x + ch, {line.row}, {line.k}, acc);\n"
+                + _indent("".join(out(f"acc[{i}]", f"ch + {i}") for i in range(4)), 2)
+                + "}\n"
+            )
+        if c % 4:
+            each += (
+                f"for (int ch = {quads}; ch < {c}; ++ch) {{\n"
+                f"  int32_t acc = {bias_full}[ch];\n"
+                f"  for (int t = 0; t < {line.k}; ++t) acc += {weights}[t * {c} + ch] * x[t * {line.row} + ch];\n"
+                + _indent(out("acc", "ch"), 2)
+                + "}\n"
+            )
+        code += (
+            f"for (int o = {line.lo}; o < {line.hi}; ++o) {{\n"
+            f"  const int8_t *const x = in + o * {step}{_plus(-line.pad * line.row)};\n"
+            f"  int8_t *const y = out + o * {c};\n"
+            + _indent(each, 2)
+            + "}\n"
+        )
+    if line.border:
+        clipped = (
+            f"int8_t *const y = out + o * {c};\n"
+            f"for (int ch = 0; ch < {c}; ++ch) {{\n"
+            f"  int32_t acc = {bias_ref};\n"
+            f"  for (int t = 0; t < t1 - t0; ++t) acc += {weights}[(t0 + t) * {c} + ch] * (x[t * {line.row} + ch]{_plus(in_off)});\n"
+            + _indent(out("acc", "ch"), 2)
+            + "}\n"
+        )
+        code += _line_border(line, clipped)
+    return code
+
 # --- CONV_2D ----------------------------------------------------------------------------
 
 
@@ -309,8 +730,27 @@ def lower_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
     bias_full = [fp.wrap32(int(bias[c]) + in_off * int(weights[c].sum())) for c in range(oc)]
     partial = _windows(oh, sh, ph, kh, ih) or _windows(ow, sw, pw, kw, iw)
     contiguous = kw == iw  # a full window is then one contiguous run of kh*kw*ic bytes
+    line = _line(ih, iw, kh, kw, sh, sw, ph, pw, oh, ow, ic, depthwise=False)
+    if line is not None:
+        mults.right_shift_only(rounding, _acc_bound(weights.reshape(oc, -1), bias_full, bias))
+
+    def emit_line(fn: str) -> CFunction:
+        data, nbytes, bias_ref = _filter_data(fn, weights, bias_full, bias, partial, mults, "c")
+        body = _line_conv_body(fn, line, oc, mults.bind(fn), out_zp, amin, amax, in_off, bias_ref,
+                               f"{fn}_weights", f"{fn}_bias_full")
+        func = (
+            f"/* CONV_2D (op #{op.index}): {inp.describe()} -> {out.describe()}, filter {_shape(w)}, "
+            f"stride {sh}x{sw}, padding {ph}x{pw}, {_ACTIVATIONS[act]} [{amin}, {amax}]; along one axis: "
+            f"{line.length_out} positions, windows of {line.k} x {line.row} contiguous bytes, "
+            f"positions [{line.lo}, {line.hi}) unpadded */\n"
+            f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
+            + _indent(body, 2) + "}\n"
+        )
+        return CFunction(data, func, nbytes)
 
     def emit(fn: str) -> CFunction:
+        if line is not None:
+            return emit_line(fn)
         data, nbytes, bias_ref = _filter_data(fn, weights, bias_full, bias, partial, mults, "oc")
         mult, shift = mults.refs(fn)
         if contiguous:
@@ -399,8 +839,26 @@ def lower_depthwise_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
     bias_full = [fp.wrap32(int(bias[c]) + in_off * int(weights[:, c].sum())) for c in range(oc)]
     partial = _windows(oh, sh, ph, kh, ih) or _windows(ow, sw, pw, kw, iw)
     xc = "x[c]" if mult_depth == 1 else f"x[c / {mult_depth}]"
+    line = _line(ih, iw, kh, kw, sh, sw, ph, pw, oh, ow, ic, depthwise=True) if mult_depth == 1 else None
+    if line is not None:
+        mults.right_shift_only(rounding, _acc_bound(weights.T, bias_full, bias))
+
+    def emit_line(fn: str) -> CFunction:
+        data, nbytes, bias_ref = _filter_data(fn, weights, bias_full, bias, partial, mults, "ch")
+        body = _line_depthwise_body(fn, line, oc, mults.bind(fn), out_zp, amin, amax, in_off, bias_ref)
+        func = (
+            f"/* DEPTHWISE_CONV_2D (op #{op.index}): {inp.describe()} -> {out.describe()}, "
+            f"filter {_shape(w)}, multiplier 1, stride {sh}x{sw}, padding {ph}x{pw}, "
+            f"{_ACTIVATIONS[act]} [{amin}, {amax}]; along one axis: {line.length_out} positions, "
+            f"{line.k} taps, positions [{line.lo}, {line.hi}) unpadded */\n"
+            f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
+            + _indent(body, 2) + "}\n"
+        )
+        return CFunction(data, func, nbytes)
 
     def emit(fn: str) -> CFunction:
+        if line is not None:
+            return emit_line(fn)
         data, nbytes, bias_ref = _filter_data(fn, weights, bias_full, bias, partial, mults, "c")
         mult, shift = mults.refs(fn)
         full = (
@@ -481,27 +939,23 @@ def lower_fully_connected(graph: Graph, op: Op, rounding: str) -> Step:
     in_off, out_zp = -inp.zero_point, out.zero_point
     weights = w.data.astype(np.int64)
     bias_full = [fp.wrap32(int(bias[c]) + in_off * int(weights[c].sum())) for c in range(n)]
+    mults.right_shift_only(rounding, _acc_bound(weights, bias_full))
 
     def emit(fn: str) -> CFunction:
         data = c_array("int8_t", f"{fn}_weights", weights.reshape(-1), 16)
         data += c_array("int32_t", f"{fn}_bias_full", bias_full, 8)
         mdata, mbytes = mults.data(fn)
         data += mdata
-        mult, shift = mults.refs(fn)
+        # Each batch row is one position of a line with kernel 1 and no padding.
+        line = _Line(batches, batches, 1, 1, 0, k, 0, batches)
+        body = _line_conv_body(fn, line, n, mults.bind(fn), out_zp, amin, amax, in_off, "0",
+                               f"{fn}_weights", f"{fn}_bias_full")
         func = (
             f"/* FULLY_CONNECTED (op #{op.index}): {inp.describe()} -> {out.describe()}, "
             f"weights {_shape(w)} {'per-channel' if len(w.scales) > 1 else 'per-tensor'}, "
             f"{_ACTIVATIONS[act]} [{amin}, {amax}] */\n"
             f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
-            f"  for (int b = 0; b < {batches}; ++b) {{\n"
-            f"    const int8_t *const x = in + b * {k};\n"
-            f"    for (int o = 0; o < {n}; ++o) {{\n"
-            f"      const int8_t *const w = {fn}_weights + o * {k};\n"
-            f"      int32_t acc = {fn}_bias_full[o];\n"
-            + _indent(_dot(k, "acc", "w", "x"), 6)
-            + _indent(_requant_lines(mult, shift, out_zp, amin, amax), 6)
-            + f"      out[b * {n} + o] = (int8_t)acc;\n"
-            "    }\n  }\n}\n"
+            + _indent(body, 2) + "}\n"
         )
         return CFunction(data, func, weights.size + 4 * n + mbytes)
 

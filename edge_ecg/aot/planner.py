@@ -1,11 +1,13 @@
 """Static memory plan: every intermediate tensor gets a fixed offset in one buffer.
 
 Tensors joined by RESHAPE-like ops share storage (they are the same bytes), forming
-one *allocation*. An allocation holding the model input or output lives in the
-caller's buffers instead of the arena. The others are live from the step that first
-touches them to the step that last reads them (inclusive: kernels never run in
-place), and are packed greedily, largest first, each at the lowest aligned offset
-that does not overlap an allocation whose lifetime intersects its own.
+one *allocation*. The allocation holding the model output lives in the caller's
+buffer. The model input lives in the arena, as in TFLite Micro's: it is written
+before the first step and live until the last step that reads it, after which later
+tensors reuse its bytes. Every allocation is live from the step that first touches
+it (step 0 for the input) to the step that last reads it (inclusive: kernels never
+run in place), and they are packed greedily, largest first, each at the lowest
+aligned offset that does not overlap an allocation whose lifetime intersects its own.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ class Allocation:
     size: int
     first: int  # first step (op position) touching it
     last: int  # last step reading it
-    offset: int  # byte offset in the arena; -1 when bound to a caller buffer
-    binding: str = "arena"  # "arena", "input" or "output"
+    offset: int  # byte offset in the arena; -1 when bound to the caller's output buffer
+    binding: str = "arena"  # "arena", "input" (in the arena too) or "output"
 
     def overlaps_in_time(self, other: Allocation) -> bool:
         return self.first <= other.last and other.first <= self.last
@@ -40,13 +42,18 @@ class Allocation:
 class MemoryPlan:
     allocations: tuple[Allocation, ...]  # arena allocations first, by offset
     arena_bytes: int  # size of the activation buffer
-    naive_bytes: int  # sum of the arena allocations' sizes (no reuse)
+    naive_bytes: int  # sum of the arena allocations' sizes (no reuse), the input's included
     alignment: int
     copies: frozenset[int]  # steps whose alias had to become a copy (input -> output)
 
     @property
     def arena(self) -> tuple[Allocation, ...]:
-        return tuple(a for a in self.allocations if a.binding == "arena")
+        """The allocations in the activation buffer, the model input's included."""
+        return tuple(a for a in self.allocations if a.binding != "output")
+
+    @property
+    def input(self) -> Allocation:
+        return next(a for a in self.allocations if a.binding == "input")
 
     def location(self, tensor: int) -> Allocation:
         for a in self.allocations:
@@ -113,8 +120,8 @@ def plan(graph: Graph, steps: Sequence[Step], alignment: int = 16) -> MemoryPlan
         else:
             parent[b] = a
 
-    first: dict[int, int] = {}
-    last: dict[int, int] = {}
+    first: dict[int, int] = {find(graph_in): 0}  # written before the first step
+    last: dict[int, int] = {find(graph_in): 0}
     for s, step in enumerate(steps):
         for t in (*step.inputs, step.output):
             r = find(t)
@@ -122,7 +129,7 @@ def plan(graph: Graph, steps: Sequence[Step], alignment: int = 16) -> MemoryPlan
             last[r] = max(last.get(r, s), s)
 
     members: dict[int, list[int]] = {}
-    for t in sorted(_touched(steps)):
+    for t in sorted(_touched(steps) | {graph_in}):
         members.setdefault(find(t), []).append(t)
 
     allocations = []
@@ -134,7 +141,7 @@ def plan(graph: Graph, steps: Sequence[Step], alignment: int = 16) -> MemoryPlan
             binding = "input"
         elif group_has(root, graph_out):
             binding = "output"
-        if binding == "arena":
+        if binding != "output":
             requests.append((root, size, first[root], last[root]))
         allocations.append((root, tuple(sorted(tensors)), size, binding))
 
@@ -151,11 +158,11 @@ def plan(graph: Graph, steps: Sequence[Step], alignment: int = 16) -> MemoryPlan
         )
         for root, tensors, size, binding in allocations
     ]
-    result.sort(key=lambda a: (a.binding != "arena", a.offset, a.tensors))
+    result.sort(key=lambda a: (a.binding == "output", a.offset, a.tensors))
     return MemoryPlan(
         tuple(result),
         total,
-        sum(a.size for a in result if a.binding == "arena"),
+        sum(a.size for a in result if a.binding != "output"),
         alignment,
         frozenset(copies),
     )

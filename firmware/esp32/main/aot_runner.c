@@ -6,7 +6,7 @@
  * tensor at a fixed offset in one static buffer of ECG_MODEL_ACTIVATION_BYTES
  * (internal RAM, .bss), so nothing is allocated at run time.
  *
- * The input and output tensors are static int8 buffers here; the quantization
+ * The input tensor is inside that buffer, the output a static int8 buffer; the quantization
  * reported to the host is model_config.h's, which must agree with the one the
  * generator read from the model (ecg_model.h): the integer facts are checked
  * at compile time, the scales at init. Same hook contract as tflm_runner.cc.
@@ -42,9 +42,9 @@ enum { kNotRun, kReady, kFailed };
 static int g_state = kNotRun;
 static char g_error[160] = "";
 
-/* The model reads its input from and writes its output to the caller's
- * buffers; they must not overlap. The core fills g_input (th_input_tensor). */
-static int8_t g_input[ECG_MODEL_INPUT_SIZE];
+/* The model's input tensor is ecg_model_input(), inside its activation buffer
+ * (later ops reuse those bytes); the core fills it (th_input_tensor) before every
+ * invoke. The output is written to g_output. */
 static int8_t g_output[ECG_MODEL_OUTPUT_SIZE];
 
 /* The generator and model_config.h print the same float32 scale with a
@@ -93,7 +93,7 @@ int th_model_invoke(void) {
     if (g_state != kReady) {
         return -1;
     }
-    return ecg_model_invoke(g_input, g_output) == ECG_MODEL_OK ? 0 : -1;
+    return ecg_model_invoke(ecg_model_input(), g_output) == ECG_MODEL_OK ? 0 : -1;
 }
 
 int8_t *th_input_tensor(size_t *size_bytes) {
@@ -101,8 +101,8 @@ int8_t *th_input_tensor(size_t *size_bytes) {
         *size_bytes = 0;
         return NULL;
     }
-    *size_bytes = sizeof g_input;
-    return g_input;
+    *size_bytes = ECG_MODEL_INPUT_SIZE;
+    return ecg_model_input();
 }
 
 const int8_t *th_output_tensor(size_t *count) {
