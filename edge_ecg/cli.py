@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from edge_ecg import __version__
+from edge_ecg.runfolder import RunFolder
 
 PIPELINE = "data -> train -> compress -> export -> build -> flash -> bench"
 
@@ -75,7 +77,7 @@ def cmd_data_prepare(args) -> int:
 def cmd_data_download(args) -> int:
     from edge_ecg.data import download_ptbxl
 
-    report = download_ptbxl(args.dest, args.rate, base_url=args.url, progress=True)
+    report = download_ptbxl(args.dest, args.rate, base_url=args.url, sums_sha256=args.sums_sha256, progress=True)
     print(f"{report.dest}: {report.downloaded} file(s) downloaded, {report.present} already verified, {report.bytes} bytes")
     return 0
 
@@ -125,7 +127,7 @@ def cmd_train(args) -> int:
 
     run = Path(args.run or f"runs/{args.arch}")
     state = train(run, _train_config(args))
-    print(f"best validation macro AUC {state['best_auc']:.4f} at epoch {state['best_epoch']} -> {run / 'model.keras'}")
+    print(f"best validation macro AUC {state['best_auc']:.4f} at epoch {state['best_epoch']} -> {RunFolder(run).model}")
     report = evaluate(run)
     t = report["test"]
     print(f"test macro AUC {t['macro_auc']:.4f} [{t['macro_auc_ci95'][0]:.4f}, {t['macro_auc_ci95'][1]:.4f}] -> {run / 'report.md'}")
@@ -137,6 +139,16 @@ def cmd_evaluate(args) -> int:
         return _evaluate_cv(args)
     if not args.run:
         raise CliError("evaluate needs --run DIR (a trained run) or --cv (the ten-fold rotation)")
+    if args.out or args.model or args.format or args.rhythm_only:
+        return _evaluate_external(args)
+    if args.data:  # another folder without --out would overwrite the run's own reports: refused
+        from edge_ecg import settings
+        from edge_ecg.train import read_run_config
+
+        own = read_run_config(Path(args.run))["train"].get("data") or settings.data_dir(None)
+        if Path(args.data).resolve() != Path(own).resolve():
+            raise CliError(f"--data {args.data} is not the data of run {args.run} ({own}); add --out DIR to evaluate the run "
+                           "on every labelled record of it (the run's own reports are never overwritten)")
     from edge_ecg.evaluate import evaluate, markdown_report
 
     report = evaluate(args.run, data=str(Path(args.data).resolve()) if args.data else None)
@@ -144,6 +156,21 @@ def cmd_evaluate(args) -> int:
         _print_json(report)
     else:
         print(markdown_report(Path(args.run), report))
+    return 0
+
+
+def _evaluate_external(args) -> int:
+    if not (args.out and args.data):
+        raise CliError("an external evaluation needs --data DIR (the records) and --out DIR (where the results go)")
+    from edge_ecg.external_eval import evaluate_external, markdown_report
+
+    report = evaluate_external(args.run, args.data, args.out, model=args.model or "float", format=args.format or "auto",
+                               rhythm_only=args.rhythm_only or "sinus", progress=not args.json)
+    if args.json:
+        _print_json(report)
+    else:
+        print(markdown_report(report))
+        print(f"-> {Path(args.out)}")
     return 0
 
 
@@ -185,7 +212,7 @@ def cmd_compress(args) -> int:
         return 0
     for s in report["stages"]:
         print(f"{s['name']:<28} val AUC {s['val_auc']:.4f}  zero weights {s['sparsity']:.1%}  params {s['params']:,}  MACs {s['macs']:,}")
-    print(f"-> {Path(args.run) / 'compress' / 'final.h5'} (what `edge-ecg export` takes)")
+    print(f"-> {RunFolder(args.run).compressed_model()} (what `edge-ecg export` takes)")
     return 0
 
 
@@ -202,7 +229,8 @@ def cmd_export(args) -> int:
     from edge_ecg.export import export
 
     result = export(args.run, model_path=args.model, clip_sigma=args.clip, allow_mismatch=args.allow_mismatch,
-                    out=args.out, data=str(Path(args.data).resolve()) if args.data else None, runtime=args.runtime)
+                    out=args.out, data=str(Path(args.data).resolve()) if args.data else None, runtime=args.runtime,
+                    **({} if args.max_drop is None else {"max_drop": args.max_drop}))
     if args.json:
         _print_json(result)
     return 0
@@ -228,16 +256,47 @@ def cmd_flash(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from edge_ecg.bench import bench, format_summary
+    from edge_ecg.bench import ParityError, bench, format_summary
+
+    def show(summary: dict) -> None:
+        if args.json:
+            _print_json(summary)
+        else:
+            print(format_summary(summary))
 
     emulator = None if args.port else (args.emulator or "tflm")
-    summary = bench(args.run, port=args.port, baud=args.baud, emulator=emulator, limit=args.limit, resume=args.resume,
-                    retries=args.retries, timeout=args.timeout, warmup=args.warmup, load=args.load)
-    if args.json:
-        _print_json(summary)
-    else:
-        print(format_summary(summary))
+    try:
+        summary = bench(args.run, port=args.port, baud=args.baud, emulator=emulator, limit=args.limit, resume=args.resume,
+                        retries=args.retries, timeout=args.timeout, warmup=args.warmup, load=args.load,
+                        allow_mismatch=args.allow_mismatch, runtime=args.runtime, tflm_src=args.tflm_src,
+                        arena_bytes=args.arena_bytes)
+    except ParityError as exc:  # the results are shown, then the failure (exit status 1)
+        show(exc.summary)
+        raise
+    show(summary)
     return 0
+
+
+def cmd_mlperf(args) -> int:
+    from edge_ecg.bench.mlperf import runner_files
+
+    result = runner_files(args.run, args.out, port=args.port, usb_vid=args.usb_vid,
+                          usb_pid=args.usb_pid, baud=args.baud, inferences=args.inferences, limit=args.limit)
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"{result['records']} records of {result['record_bytes']} int8 bytes -> {result['dataset_dir']}; "
+          f"{result['tests_file']}: {result['windows']} windows of {result['inferences']} inferences ({result['inferences_from']}); "
+          f"{result['devices_file']}: USB ids {result['usb']} ({result['usb_from']})")
+    print(f"in mlcommons/tiny benchmark/runner: {result['command']}")
+    return 0
+
+
+def _usb_id(value: str) -> int:
+    try:
+        return int(value, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a hexadecimal USB id such as 10c4 or 0x10C4, got {value!r}") from None
 
 
 def cmd_run(args) -> int:
@@ -281,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every subcommand has --help. Errors name the file and the problem.",
     )
     parser.add_argument("--version", action="version", version=f"edge-ecg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow's and the TFLite converter's own log lines (hidden by default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     data = sub.add_parser("data", help="inspect, download and prepare PTB-XL", description="PTB-XL data: info, download, prepare.")
@@ -301,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", metavar="DIR", help="target folder (default: $EDGE_ECG_DATA, else ./data/ptbxl)")
     p.add_argument("--rate", type=int, choices=(100, 500), default=100, help="sampling rate to fetch (default: 100)")
     p.add_argument("--url", metavar="URL", help="release base URL (default: $EDGE_ECG_PTBXL_URL or PhysioNet)")
+    p.add_argument("--sums-sha256", metavar="HEX", help="SHA-256 the mirror's SHA256SUMS.txt must have (default: "
+                   "pinned for PhysioNet's 1.0.3 release, unchecked for another --url)")
     p.set_defaults(func=cmd_data_download)
 
     p = sub.add_parser("train", help="train an architecture on folds 1-8, select the best epoch on fold 9",
@@ -322,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of the report")
     p.add_argument("--cv", action="store_true", help="ten-fold rotation with pooled out-of-fold predictions")
     p.add_argument("--seeds", type=int, default=1, help="with --cv: rotations with seeds SEED..SEED+N-1, and their ensemble")
+    p.add_argument("--out", metavar="DIR", help="external evaluation: score every labelled record of --data (PTB-XL or "
+                   "CinC layout) and write the results here; the run's own reports are not touched")
+    p.add_argument("--model", choices=("float", "int8"), help="with --out: float (model.keras, default) or int8 "
+                   "(export/model_int8.tflite through TFLite Micro)")
+    p.add_argument("--format", choices=("auto", "ptbxl", "cinc"), help="with --out: layout of --data (default: auto-detected)")
+    p.add_argument("--rhythm-only", choices=("sinus", "nsr", "unlabelled"),
+                   help="with --out, CinC records whose codes give no superclass: sinus (default) = NORM when every code is "
+                        "a sinus rhythm; nsr = NORM only for sinus rhythm alone; unlabelled = left out")
     _train_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -353,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: the run's)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/export)")
     p.add_argument("--allow-mismatch", action="store_true", help="export even if TFLite Micro and LiteRT disagree")
+    p.add_argument("--max-drop", type=float, metavar="AUC",
+                   help="largest validation (fold 9) macro AUC the int8 model may lose against the float model; a larger "
+                        "drop fails and writes nothing, so a previous export stays (default: 0.01)")
     p.add_argument("--runtime", choices=("tflm", "aot"), default="tflm",
                    help="aot: also generate the ahead-of-time C model (export/aot/), checked bit for bit against TFLite Micro")
     p.add_argument("--json", action="store_true", help="print export.json")
@@ -386,14 +460,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "emulator (--emulator), read outputs and device timestamps, and report per-record "
                                    "latency (median, p90, min, max; warm-up excluded), macro AUC from the device's outputs "
                                    "and, for every record, whether its int8 outputs equal the host emulator's. Results are "
-                                   "appended to RUN/bench/<backend>.jsonl as they arrive; --resume continues.")
+                                   "appended to RUN/bench/<backend>.jsonl as they arrive; --resume continues. Exit status "
+                                   "1 when any device output differs from the emulator's (unless --allow-mismatch) or no "
+                                   "record completed; the summary RUN/bench/<backend>.json is written either way. Records "
+                                   "that failed after their retries are listed and do not change the exit status "
+                                   "(--resume runs them again).")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder with an export/")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0")
     where.add_argument("--emulator", nargs="?", const="tflm", choices=("tflm", "board", "qemu"),
                        help="tflm (default): TFLite Micro in process; board: the host port with the AOT model on a "
-                            "pseudo-terminal; qemu: the Cortex-M4 firmware in QEMU (instruction-counted); board and qemu "
-                            "need `export --runtime aot`")
+                            "pseudo-terminal (with --runtime tflm: with the TFLite Micro runner); qemu: the Cortex-M4 "
+                            "firmware in QEMU (instruction-counted); board (aot) and qemu need `export --runtime aot`")
     p.add_argument("--baud", type=int, default=921600, help="(default: 921600)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N test records")
     p.add_argument("--resume", action="store_true", help="continue an interrupted benchmark")
@@ -401,8 +479,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply (default: 5)")
     p.add_argument("--warmup", type=int, default=3, help="untimed inferences before the first timed one (default: 3)")
     p.add_argument("--load", choices=("binary", "hex"), default="binary", help="record transfer (default: binary)")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="pass even if device outputs differ from the emulator's; the summary counts them as allowed")
+    p.add_argument("--runtime", choices=("aot", "tflm"), default="aot",
+                   help="with --emulator board: aot (default) runs the AOT C model; tflm runs the ESP32 port's TFLite Micro "
+                        "runner (firmware/esp32/main/tflm_runner.cc) built against --tflm-src")
+    p.add_argument("--tflm-src", metavar="DIR",
+                   help="TFLite Micro source tree for --runtime tflm: a tflite-micro checkout with its third-party downloads, "
+                        "or the esp-tflite-micro component folder")
+    p.add_argument("--arena-bytes", type=int, metavar="N",
+                   help="with --runtime tflm: build with an N-byte tensor arena instead of the export's ECG_ARENA_BYTES")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("mlperf", help="dataset and YAML files for the MLCommons tiny runner (performance mode)",
+                       description="Write what mlcommons/tiny's benchmark/runner needs to benchmark this run's model "
+                                   "(model id ecg01) on a board: one int8 .bin per test record (the bytes `edge-ecg bench` "
+                                   "sends) and y_labels.csv under OUT/ecg01/, tests_performance.yaml (5 windows of "
+                                   "`infer N W`, N sized from the run's latest serial bench so a window lasts about 12 s) "
+                                   "and devices_ecg01.yaml (baud rate and the board's USB vendor/product ids, which the "
+                                   "runner scans for). Use the runner's performance mode only: its accuracy mode "
+                                   "normalizes outputs as single-label probabilities, meaningless for this multi-label "
+                                   "logit model.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder with an export/")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write: the runner's --dataset_path")
+    p.add_argument("--port", help="take the USB ids from this attached serial port, e.g. /dev/ttyUSB0")
+    p.add_argument("--usb-vid", type=_usb_id, metavar="HEX",
+                   help="USB vendor id of the board's serial port (`python -m serial.tools.list_ports -v` shows VID:PID); "
+                        "without it or --port, common ESP32 USB-serial bridges are listed")
+    p.add_argument("--usb-pid", type=_usb_id, metavar="HEX", help="USB product id, with --usb-vid")
+    p.add_argument("--baud", type=int, default=921600, help="the firmware's baud rate (default: 921600)")
+    p.add_argument("--inferences", type=int, metavar="N",
+                   help="timed inferences per window (default: about 12 s at the latest serial bench's median latency)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N test records")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.set_defaults(func=cmd_mlperf)
 
     p = sub.add_parser("run", help="the whole pipeline: data, train, compress, export, build, bench (emulator)",
                        description="Run every stage on one run folder; rerun the same command to resume.")
@@ -420,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:  # read by edge_ecg.tf before TensorFlow's first import
+        os.environ["EDGE_ECG_VERBOSE"] = "1"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

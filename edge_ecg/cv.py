@@ -25,9 +25,9 @@ import numpy as np
 from edge_ecg import CLASSES
 from edge_ecg.data import PtbxlDataset
 from edge_ecg.metrics import MetricError, bootstrap_auc, macro_auc, paired_bootstrap, per_class_auc
+from edge_ecg.runfolder import CV_FILE, cv_fold_dir
 from edge_ecg.train import RunError, TrainConfig, check_same_config, write_json
 
-CV_FILE = "cv.json"
 FOLDS = tuple(range(1, 11))
 
 
@@ -37,7 +37,7 @@ def rotation(folds: tuple[int, ...] = FOLDS) -> list[tuple[int, int]]:
 
 
 def fold_dir(cv_dir: Path, test_fold: int) -> Path:
-    return Path(cv_dir) / f"fold{test_fold:02d}"
+    return cv_fold_dir(cv_dir, test_fold)
 
 
 def _open_cv(cv_dir: Path, config: TrainConfig) -> None:

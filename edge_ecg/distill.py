@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_ecg.data import PtbxlDataset
+from edge_ecg.runfolder import CV_FILE, RunFolder, cv_fold_dir
 
 
 class TeacherError(ValueError):
@@ -67,12 +68,12 @@ def teacher_soft_labels(
         path = Path(source)
         if path.suffix == ".npz":
             parts.append(_npz_probs(path, records, test_fold))
-        elif (path / "cv.json").is_file():
-            fold_run = path / f"fold{test_fold:02d}"
-            if not (fold_run / "model.keras").is_file():
+        elif (path / CV_FILE).is_file():
+            fold_run = cv_fold_dir(path, test_fold)
+            if not RunFolder(fold_run).model.is_file():
                 raise TeacherError(f"teacher {path}: fold {test_fold} has no trained model yet ({fold_run})")
             parts.append(_run_probs(fold_run, records, test_fold))
-        elif (path / "config.json").is_file():
+        elif RunFolder(path).config.is_file():
             parts.append(_run_probs(path, records, test_fold))
         else:
             raise TeacherError(f"teacher {source!r}: not a run folder, a CV folder or a .npz of predictions")

@@ -26,7 +26,6 @@ picks the one attached board (:func:`find_board_port`).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edge_ecg import __version__
+from edge_ecg.runfolder import EXPORT_FILE, TFLITE_FILE, RunFolder, sha256_file
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
 TEMPLATE_DIR = FIRMWARE_DIR / "esp32"
@@ -50,9 +50,9 @@ RUNTIMES = ("tflm", "aot")
 UART_BAUD = 921600
 
 # What `edge-ecg export` writes into runs/NAME/export/.
-EXPORT_FILES = ("model_int8.tflite", "model_data.cc", "model_data.h", "model_ops.h", "model_config.h", "export.json")
+EXPORT_FILES = (TFLITE_FILE, "model_data.cc", "model_data.h", "model_ops.h", "model_config.h", EXPORT_FILE)
 # The export files that go into the project's main/model/ (the .tflite is not compiled in).
-MODEL_SOURCES = ("model_data.cc", "model_data.h", "model_ops.h", "model_config.h", "export.json")
+MODEL_SOURCES = ("model_data.cc", "model_data.h", "model_ops.h", "model_config.h", EXPORT_FILE)
 # Macros of the generated model_config.h that the port reads (firmware/esp32/main/config/model_config.h).
 REQUIRED_MODEL_MACROS = (
     "ECG_INPUT_SAMPLES",
@@ -63,8 +63,14 @@ REQUIRED_MODEL_MACROS = (
     "ECG_OUTPUT_SCALE",
     "ECG_OUTPUT_ZERO_POINT",
     "ECG_ARENA_BYTES",
+    "ECG_ARENA_BYTES_ESP32",
+    "ECG_ARENA_BYTES_ESP32S3",
     "ECG_MODEL_SHA256",
 )
+# The arena macro config/model_config.h picks for each target (CONFIG_IDF_TARGET_*):
+# ESP-NN takes conv scratch from the arena on ESP32-S3 only; ESP32-C3 runs ESP32's kernels.
+TARGET_ARENA_MACROS = {"esp32": "ECG_ARENA_BYTES_ESP32", "esp32s3": "ECG_ARENA_BYTES_ESP32S3",
+                       "esp32c3": "ECG_ARENA_BYTES_ESP32"}  # fmt: skip
 # Names the port's C++ expects in the other generated files.
 REQUIRED_SYMBOLS = {
     "model_data.h": ("g_ecg_model_data",),
@@ -76,10 +82,10 @@ REQUIRED_SYMBOLS = {
 # runtime: the ahead-of-time C model in aot/, besides the files above.
 AOT_EXPORT_DIR = "aot"
 AOT_SOURCES = ("ecg_model.c", "ecg_model.h")
-AOT_EXPORT_FILES = ("model_int8.tflite", "model_config.h", "export.json",
+AOT_EXPORT_FILES = (TFLITE_FILE, "model_config.h", EXPORT_FILE,
                     *(f"{AOT_EXPORT_DIR}/{name}" for name in AOT_SOURCES))  # fmt: skip
 # What an AOT project's main/model/ holds: name there -> path in export/.
-AOT_MODEL_SOURCES = {"model_config.h": "model_config.h", "export.json": "export.json",
+AOT_MODEL_SOURCES = {"model_config.h": "model_config.h", EXPORT_FILE: EXPORT_FILE,
                      **{name: f"{AOT_EXPORT_DIR}/{name}" for name in AOT_SOURCES}}  # fmt: skip
 # Macros of the generated ecg_model.h that aot_runner.c reads.
 REQUIRED_AOT_MACROS = (
@@ -179,7 +185,7 @@ def _model_macros(config_h: Path) -> dict[str, str]:
 
 def _export_dir(run: Path, runtime: str = "tflm") -> Path:
     """``run/export`` after checking that every file the ``runtime``'s firmware needs is there and usable."""
-    export = run / "export"
+    export = RunFolder(run).export
     fix = f"{_export_fix(run, runtime)} first"
     for name in AOT_EXPORT_FILES if runtime == "aot" else EXPORT_FILES:
         if not (export / name).is_file():
@@ -210,7 +216,7 @@ def _export_dir(run: Path, runtime: str = "tflm") -> Path:
 
 def _check_same_model(run: Path, export: Path, runtime: str) -> str:
     """The SHA-256 of ``model_int8.tflite``, after checking that the generated sources are of that model."""
-    model_sha256 = _sha256(export / "model_int8.tflite")
+    model_sha256 = sha256_file(export / TFLITE_FILE)
     declared = {"model_config.h": _model_macros(export / "model_config.h")["ECG_MODEL_SHA256"].strip('"').lower()}
     if runtime == "aot":
         # The generator names the model's hash in its banner: " * model: sha256 <hex>".
@@ -226,20 +232,12 @@ def _check_same_model(run: Path, export: Path, runtime: str) -> str:
     return model_sha256
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def esp_tflite_micro_version() -> str:
-    """The esp-tflite-micro release the template pins (``main/idf_component.yml``)."""
+def esp_tflite_micro_version(component: str = "esp-tflite-micro") -> str:
+    """The release of ``espressif/<component>`` the template pins (``main/idf_component.yml``)."""
     manifest = TEMPLATE_DIR / "main" / "idf_component.yml"
-    match = re.search(r'espressif/esp-tflite-micro:\s*"==([^"]+)"', manifest.read_text())
+    match = re.search(rf'espressif/{re.escape(component)}:\s*"==([^"]+)"', manifest.read_text())
     if not match:
-        raise FirmwareError(f"{manifest} does not pin espressif/esp-tflite-micro to one version (\"==X.Y.Z\")")
+        raise FirmwareError(f"{manifest} does not pin espressif/{component} to one version (\"==X.Y.Z\")")
     return match.group(1)
 
 
@@ -355,7 +353,7 @@ def _file_list(project: Path) -> list[dict]:
     for path in sorted(project.rglob("*")):
         rel = path.relative_to(project)
         if path.is_file() and rel.parts[0] not in KEPT_ON_RERENDER and rel.as_posix() != BUILD_RECORD:
-            entries.append({"path": rel.as_posix(), "sha256": _sha256(path), "bytes": path.stat().st_size})
+            entries.append({"path": rel.as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size})
     return entries
 
 
@@ -390,7 +388,7 @@ def render(
     runtime = check_runtime(runtime)
     run = Path(run)
     export = _export_dir(run, runtime)
-    project = Path(out) if out is not None else run / "firmware" / target
+    project = Path(out) if out is not None else RunFolder(run).firmware(target)
     previous = _previous_record(project)
     model_sha256 = _check_same_model(run, export, runtime)
 
@@ -427,12 +425,17 @@ def render(
         "target": target,
         "runtime": runtime,
         "model_sha256": model_sha256,
-        "model_bytes": (export / "model_int8.tflite").stat().st_size,
+        "model_bytes": (export / TFLITE_FILE).stat().st_size,
         "export_dir": str(export.resolve()),
         "esp_tflite_micro": esp_tflite_micro_version() if runtime == "tflm" else None,
+        "esp_nn": esp_tflite_micro_version("esp-nn") if runtime == "tflm" else None,
         "uart_baud": UART_BAUD,
         "files": files,
     }
+    if runtime == "tflm":
+        arena = _model_macros(export / "model_config.h")[TARGET_ARENA_MACROS[target]]
+        record["arena_macro"] = TARGET_ARENA_MACROS[target]
+        record["arena_bytes"] = int(arena) if arena.isdigit() else arena
     if runtime == "aot":
         activation = _model_macros(export / AOT_EXPORT_DIR / "ecg_model.h")["ECG_MODEL_ACTIVATION_BYTES"]
         record["aot_activation_bytes"] = int(activation) if activation.isdigit() else activation
@@ -733,7 +736,7 @@ def flash(
     ``build/flasher_args.json``. Without ``port``, :func:`find_board_port`.
     """
     target = check_target(target)
-    project_dir = Path(project) if project is not None else Path(run) / "firmware" / target
+    project_dir = Path(project) if project is not None else RunFolder(run).firmware(target)
     build_dir = project_dir / "build"
     flasher_args_path = build_dir / "flasher_args.json"
     if not flasher_args_path.is_file():

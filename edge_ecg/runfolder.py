@@ -1,4 +1,20 @@
-"""Writing a run folder safely: atomic file writes and the one-writer lock. No TensorFlow.
+"""The run folder: every file name, its readers and writers, atomic writes and the one-writer lock.
+
+No TensorFlow: a serial bench, ``build`` and the benchmarks read run folders with numpy alone.
+
+A run folder (``runs/NAME/``) is the only thing the stages pass between them::
+
+    config.json              resolved training configuration (format RUN_FORMAT), written first
+    standardization.json     per-lead mean/std fitted on the training folds
+    model.keras              best float model by validation macro AUC
+    history.csv, state/      training history and the resumable state (edge_ecg.train)
+    predictions/             per-record outputs and labels of the validation and test folds
+    compress/final.h5        the compression stage's model (what export takes first)
+    export/                  model_int8.tflite, C sources, export.json, test_int8_outputs.npy, test_ecg_ids.npy
+    firmware/TARGET/         rendered firmware projects (edge_ecg.firmware)
+    bench/BACKEND.jsonl|json bench results, appended as they arrive, and their summary
+
+:class:`RunFolder` names each of them; stages ask it for paths instead of spelling them.
 
 Atomic writes go to a temporary file in the same folder, are flushed to disk and then
 renamed over the target (``os.replace``), so a reader, or a run killed half-way,
@@ -14,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import sys
@@ -22,6 +39,169 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 F = TypeVar("F", bound=Callable)
+
+RUN_FORMAT = 1
+"""Version of the run-folder layout; a folder written with another one is refused."""
+
+CONFIG_FILE = "config.json"
+STANDARDIZATION_FILE = "standardization.json"
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"
+STATE_DIR = "state"
+PREDICTIONS_DIR = "predictions"
+COMPRESS_DIR = "compress"
+COMPRESSED_MODELS = ("final.keras", "final.h5")
+"""The compression stage's result in COMPRESS_DIR, taken before ``model.keras`` when present (first found)."""
+EXPORT_DIR = "export"
+EXPORT_FILE = "export.json"
+TFLITE_FILE = "model_int8.tflite"
+TEST_OUTPUTS_FILE = "test_int8_outputs.npy"
+TEST_IDS_FILE = "test_ecg_ids.npy"
+FIRMWARE_DIR = "firmware"
+BENCH_DIR = "bench"
+CV_FILE = "cv.json"
+"""The configuration file of a cross-validation rotation folder (edge_ecg.cv)."""
+
+
+def cv_fold_dir(cv_dir: str | os.PathLike, test_fold: int) -> Path:
+    """The run folder of one fold of a cross-validation rotation (``CV/foldKK``)."""
+    return Path(cv_dir) / f"fold{test_fold:02d}"
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used as asked; the message says why and what to do."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``: the model hash (``model_hash`` in ``info%``, export.json, build.json)."""
+    return hashlib.sha256(bytes(data)).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class RunFolder:
+    """The paths of one run folder and its readers. Cheap: nothing is read until asked."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.root)!r})"
+
+    # ---- training
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def standardization(self) -> Path:
+        return self.root / STANDARDIZATION_FILE
+
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL_FILE
+
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY_FILE
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / PREDICTIONS_DIR
+
+    # ---- compression
+    @property
+    def compress(self) -> Path:
+        return self.root / COMPRESS_DIR
+
+    def compressed_model(self) -> Path | None:
+        """The compression stage's model if there is one (``final.keras`` before ``final.h5``)."""
+        for name in COMPRESSED_MODELS:
+            if (self.compress / name).is_file():
+                return self.compress / name
+        return None
+
+    def deployable_model(self) -> Path:
+        """The model export takes: the compressed one if present, else ``model.keras``; RunError if neither."""
+        path = self.compressed_model() or self.model
+        if not path.is_file():
+            raise RunError(f"{self.model}: no trained model in this run folder; run `edge-ecg train --run {self.root}` first")
+        return path
+
+    # ---- export
+    @property
+    def export(self) -> Path:
+        return self.root / EXPORT_DIR
+
+    @property
+    def export_report(self) -> Path:
+        return self.export / EXPORT_FILE
+
+    @property
+    def tflite(self) -> Path:
+        return self.export / TFLITE_FILE
+
+    def read_config(self) -> dict:
+        """config.json, checked for the run-folder format; RunError naming the file otherwise."""
+        path = self.config
+        if not path.is_file():
+            raise RunError(f"{path}: not found; is {self.root} a run folder? Create one with `edge-ecg train`")
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError as exc:
+            raise RunError(f"{path}: not valid JSON ({exc})") from exc
+        if saved.get("format") != RUN_FORMAT:
+            from edge_ecg import __version__
+
+            raise RunError(
+                f"{path}: run folder format {saved.get('format')!r} (edge-ecg {saved.get('edge_ecg', '?')}), "
+                f"this edge-ecg {__version__} reads format {RUN_FORMAT}; retrain into a new run folder"
+            )
+        return saved
+
+    def read_export(self) -> dict:
+        """export.json; RunError saying to export first when it is missing."""
+        path = self.export_report
+        if not path.is_file():
+            raise RunError(f"{path} not found: run `edge-ecg export --run {self.root}` first")
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:
+            raise RunError(f"{path}: not valid JSON ({exc}); export again") from exc
+
+    def reference_outputs(self) -> dict[int, list[int]]:
+        """The exported int8 model's TFLite Micro outputs on the test fold, by ecg_id (what boards must match)."""
+        import numpy as np
+
+        ids = np.load(self.export / TEST_IDS_FILE)
+        outputs = np.load(self.export / TEST_OUTPUTS_FILE)
+        return dict(zip(ids.tolist(), outputs.tolist()))
+
+    # ---- firmware and bench
+    def firmware(self, target: str) -> Path:
+        return self.root / FIRMWARE_DIR / target
+
+    @property
+    def bench(self) -> Path:
+        return self.root / BENCH_DIR
+
+    def bench_results(self, backend: str) -> Path:
+        """The JSONL file a benchmark appends to, one line per record."""
+        return self.bench / f"{backend}.jsonl"
+
+    def bench_summary(self, backend: str) -> Path:
+        return self.bench / f"{backend}.json"
 
 LOCK_FILE = ".lock"
 

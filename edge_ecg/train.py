@@ -37,20 +37,18 @@ from edge_ecg import CLASSES, __version__
 from edge_ecg.data import PtbxlDataset, Split, Standardizer, load_ptbxl, split_folds
 from edge_ecg.data.split import NonFiniteStandardization
 from edge_ecg.metrics import MetricError, macro_auc
-from edge_ecg.runfolder import RunLock, atomic_write_json
-
-RUN_FORMAT = 1
-"""Version of the run-folder layout; a folder written with another one is refused."""
-
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.keras"
-STANDARDIZATION_FILE = "standardization.json"
-HISTORY_FILE = "history.csv"
-STATE_DIR = "state"
-
-
-class RunError(ValueError):
-    """A run folder that cannot be used as asked; the message says why and what to do."""
+from edge_ecg.runfolder import (  # the run folder's names and readers live there; re-exported for callers
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    RUN_FORMAT,
+    STANDARDIZATION_FILE,
+    STATE_DIR,
+    RunError,
+    RunFolder,
+    RunLock,
+    atomic_write_json,
+)
 
 
 @dataclass
@@ -162,25 +160,14 @@ def check_same_config(path: Path, saved: dict, config: TrainConfig, fix: str) ->
 
 
 def read_run_config(run: Path) -> dict:
-    cfg_path = Path(run) / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise RunError(f"{cfg_path}: not found; is {run} a run folder? Create one with `edge-ecg train`")
-    try:
-        saved = json.loads(cfg_path.read_text())
-    except ValueError as exc:
-        raise RunError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    if saved.get("format") != RUN_FORMAT:
-        raise RunError(
-            f"{cfg_path}: run folder format {saved.get('format')!r} (edge-ecg {saved.get('edge_ecg', '?')}), "
-            f"this edge-ecg {__version__} reads format {RUN_FORMAT}; retrain into a new run folder"
-        )
-    return saved
+    """config.json of a run folder, checked for the layout version (RunError otherwise)."""
+    return RunFolder(run).read_config()
 
 
 def load_run_model(run: Path):
     from edge_ecg.tf import keras
 
-    path = Path(run) / MODEL_FILE
+    path = RunFolder(run).model
     if not path.is_file():
         raise RunError(f"{path}: no trained model in this run folder; run `edge-ecg train --run {run}` first")
     return keras.models.load_model(path, compile=False)

@@ -52,3 +52,18 @@ def copy_subset(src: Path, dest: Path, ecg_ids: list[int]) -> Path:
 def small_copy(ptbxl_dir, tmp_path):
     """Ten real records (ecg_id 1-10) copied to a temporary folder, free to damage."""
     return copy_subset(ptbxl_dir, tmp_path / "ptbxl", list(range(1, 11)))
+
+
+# Fixtures that train or export a model: every test using one (directly or through another
+# fixture) is `slow`, so `pytest -m "not slow"` stays a quick check of everything else.
+TRAINING_FIXTURES = {"trained_run", "exported", "tiny_run", "rotation_dir", "pipeline_run", "exported_run", "dscnn_measured"}
+# Fixtures named `run` that train (elsewhere `run` is a hand-written export, which is fast).
+TRAINING_RUN_MODULES = {"test_boards", "test_mlperf_runner", "test_tflm_board"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        trains = bool(names & TRAINING_FIXTURES) or ("run" in names and item.module.__name__ in TRAINING_RUN_MODULES)
+        if trains and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edge_ecg.train import STANDARDIZATION_FILE, TrainConfig, load_run_model, load_split, recompute_batch_norm_statistics, train
 
@@ -58,6 +59,7 @@ def _conv_bn_model():
     return keras.Model(inputs, keras.layers.Dense(3, name="dense")(x))
 
 
+@pytest.mark.slow
 def test_pruning_steps_masks_and_quantizer_ranges_are_not_touched():
     # A forward pass in training mode advances tfmot's pruning step and quantizer ranges; only BN may change.
     from edge_ecg.compress.tfmot_stages import prune_magnitude, quantize
@@ -78,6 +80,7 @@ def test_pruning_steps_masks_and_quantizer_ranges_are_not_touched():
         assert not np.allclose(bns[0].moving_mean.numpy(), 0), "the statistics were recomputed"
 
 
+@pytest.mark.slow
 def test_a_trained_model_carries_the_statistics_of_its_clean_training_signals(ptbxl, tmp_path):
     from edge_ecg.data import Standardizer
     from edge_ecg.tf import keras

@@ -116,6 +116,8 @@ def test_protocol_basics(board, run, exported, records, tflm_outputs):
     client.infer(1, 0)
     hex_floats, hex_int8 = client.last_results
     assert hex_int8 == tflm_outputs[first]
+    client.infer(5, 3)  # repeated inference on one load: the input is restored before every invoke
+    assert client.last_results[1] == tflm_outputs[first]
     scale, zp = np.float32(info["output_scale"]), info["output_zero_point"]
     assert [np.float32(v) for v in hex_floats] == [scale * np.float32(q - zp) for q in hex_int8]
     client.load_binary(data_b)
@@ -133,6 +135,24 @@ def test_bench_outputs_identical_to_tflite_micro(board, run, records, tflm_outpu
     _, rows = read_jsonl(run / "bench" / f"serial-{target}.jsonl")
     assert {r["ecg_id"]: r["int8"] for r in rows} == tflm_outputs
     assert all(r["latency_us"] > 0 for r in rows)
+
+
+def test_bench_on_the_virtual_board_never_imports_tensorflow(run, ptbxl_dir):
+    """A serial bench needs numpy and the protocol, not TensorFlow's 10+ s import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edge_ecg.bench import bench\n"
+        f"s = bench({str(run)!r}, emulator='board', limit=2, progress=False, resume=True, timeout=20.0)\n"
+        "assert s['ok'] == 2, s\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras')))\n"
+    )
+    env = {**os.environ, "EDGE_ECG_DATA": str(ptbxl_dir)}  # the run reads its records from there
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_reconnect_stops_the_previous_board(run, tmp_path):
@@ -159,7 +179,7 @@ def test_firmware_size_and_instruction_count(run, exported, records, tflm_output
     assert size["flash_bytes"] == s[".vectors"] + s[".text"] + s[".rodata"] + s.get(".ARM.exidx", 0) + s.get(".data", 0)
     assert size["ram_bytes"] == s.get(".data", 0) + s[".bss"] + s[".stack"]
     assert s[".rodata"] >= exported["aot"]["weights_bytes"]  # the model's constants live in flash
-    assert s[".bss"] >= 2 * 12000 + exported["aot"]["activation_bytes"]  # load buffer, input tensor, activations
+    assert s[".bss"] >= 12000 + exported["aot"]["activation_bytes"]  # load buffer, activations (input tensor included)
 
     ecg_id, data = records[0]
     count = qemu_instructions_per_inference(run, tmp_path, records=[data, data], iterations=4, elf=elf)

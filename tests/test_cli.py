@@ -10,7 +10,7 @@ import pytest
 
 from edge_ecg.cli import build_parser, main
 
-SUBCOMMANDS = ["data", "train", "evaluate", "compress", "export", "build", "flash", "bench", "run"]
+SUBCOMMANDS = ["data", "train", "evaluate", "compress", "export", "build", "flash", "bench", "mlperf", "run"]
 
 
 def edge_ecg(*args: str) -> subprocess.CompletedProcess:

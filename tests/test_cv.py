@@ -96,6 +96,7 @@ def test_a_class_with_too_few_records_in_a_fold_is_reported_as_excluded():
     assert per_fold["2"]["macro_auc"] is not None  # the defined classes still give a figure
 
 
+@pytest.mark.slow
 def test_distillation_with_weight_zero_equals_plain_training(ptbxl, tmp_path):
     from edge_ecg.tf import tf
 

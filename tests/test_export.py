@@ -373,7 +373,8 @@ def test_auto_clipping_needs_a_gain_that_holds_under_the_bootstrap():
 
 
 def test_clipping_sets_the_input_range_as_specified(trained_run, ptbxl, tmp_path):
-    result = export(trained_run, dataset=ptbxl, progress=False, n_boot=N_BOOT, clip_sigma=3.0, out=tmp_path / "c3")
+    result = export(trained_run, dataset=ptbxl, progress=False, n_boot=N_BOOT, clip_sigma=3.0, out=tmp_path / "c3",
+                    max_drop=1.0)  # a tiny model clipped hard: the loss is not what this tests
     scale = result["tflite"]["input"]["scale"]
     zero_point = result["tflite"]["input"]["zero_point"]
     # the calibrated range is the clipped one: [-3, 3] sd in 255 steps
@@ -388,12 +389,13 @@ def test_c_preprocessing_matches_python_on_real_records_with_clipping(trained_ru
     """firmware/core's ee_preprocess_mv with the exported model_config.h == the Python pipeline."""
     from pathlib import Path
 
-    from edge_ecg.export import clip_inputs
+    from edge_ecg.data import Standardizer
+    from edge_ecg.preprocess import int8_input
 
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed")
     out = tmp_path / "c3"
-    result = export(trained_run, dataset=ptbxl, progress=False, n_boot=N_BOOT, clip_sigma=3.0, out=out)
+    result = export(trained_run, dataset=ptbxl, progress=False, n_boot=N_BOOT, clip_sigma=3.0, out=out, max_drop=1.0)
     core = Path(__file__).resolve().parents[1] / "firmware" / "core"
     program = tmp_path / "pre.c"
     program.write_text(
@@ -413,8 +415,9 @@ def test_c_preprocessing_matches_python_on_real_records_with_clipping(trained_ru
     pick = np.flatnonzero((ptbxl.folds == 10) | np.isin(ptbxl.ecg_ids, [421, 710]))[:40]
     raw = ptbxl.signals[pick].astype(np.float32)
     c_out = np.frombuffer(subprocess.run([str(exe)], input=raw.tobytes(), capture_output=True, check=True).stdout, np.int8)
-    z = clip_inputs(_standardized(trained_run, ptbxl.select(pick)), 3.0)
-    q = quantize_input(z, result["tflite"]["input"]["scale"], result["tflite"]["input"]["zero_point"])
+    standardizer = Standardizer.load(trained_run / "standardization.json")
+    q = int8_input(raw, standardizer.mean, standardizer.std, 3.0, result["tflite"]["input"]["scale"],
+                   result["tflite"]["input"]["zero_point"])  # the Python twin that export and bench use
     np.testing.assert_array_equal(c_out.reshape(q.shape), q)
     assert (np.abs(_standardized(trained_run, ptbxl.select(pick))) > 3.0).any()  # clipping really happened
 
@@ -449,3 +452,35 @@ def test_weight_zero_fraction_counts_the_zeros_stored_in_the_file():
     dense.set_weights([kernel, bias])
     tflite = to_int8_tflite(model, np.random.default_rng(1).normal(size=(8, 100, 12)).astype(np.float32))
     assert weight_zero_fraction(tflite) == pytest.approx(0.25)
+
+
+# --------------------------------------------------------------------------- float vs int8 parity on validation
+
+
+@pytest.mark.slow
+def test_an_int8_model_losing_more_than_max_drop_is_refused_and_the_previous_export_stays(exported, ptbxl_dir, capsys):
+    from edge_ecg.cli import main
+
+    run, result, _ = exported
+    parity, calibration = result["parity"], result["calibration"]
+    chosen = next(t for t in calibration["trials"] if t["clip_sigma"] == calibration["clip_sigma"])
+    assert parity["max_drop"] == 0.01 and parity["val_int8_macro_auc"] == chosen["val_int8_macro_auc"]
+    assert parity["val_auc_drop"] == pytest.approx(parity["val_float_macro_auc"] - parity["val_int8_macro_auc"])
+    assert parity["val_auc_drop"] <= parity["max_drop"]
+
+    out = run / "export"
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    # max_drop -1: int8 would have to beat float by a whole AUC point, so any real model fails
+    assert main(["export", "--run", str(run), "--data", str(ptbxl_dir), "--clip", "off", "--max-drop", "-1"]) == 1
+    err = capsys.readouterr().err
+    no_clip = next(t for t in calibration["trials"] if t["clip_sigma"] is None)
+    assert f"validation macro AUC {no_clip['val_int8_macro_auc']:.4f}" in err
+    assert f"the float model's {parity['val_float_macro_auc']:.4f}" in err
+    assert "more than max_drop -1" in err and "--max-drop" in err and "nothing was written" in err
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_max_drop_must_be_a_finite_number(tmp_path):
+    for bad in (float("nan"), float("inf"), "0.01", True):
+        with pytest.raises(ExportError, match="max_drop must be a finite number"):
+            export(tmp_path, max_drop=bad, progress=False)

@@ -72,6 +72,8 @@ def write_export(run: Path, *, arena_bytes: int = 48 * 1024, model: bytes = MODE
         f"#define ECG_LEAD_MEAN {twelve('0.0f')}\n#define ECG_LEAD_STD {twelve('0.2f')}\n"
         "#define ECG_INPUT_CLIP_SIGMA 8.0f\n"
         f"#define ECG_ARENA_BYTES {arena_bytes}  /* tensor arena */\n"
+        f"#define ECG_ARENA_BYTES_REFERENCE {arena_bytes}\n#define ECG_ARENA_BYTES_ESP32 {arena_bytes + 16}\n"
+        f"#define ECG_ARENA_BYTES_ESP32S3 {arena_bytes + 32768}\n"
         f'#define ECG_MODEL_SHA256 "{sha}"\n'
         "#define EE_INPUT_BYTES (ECG_INPUT_SAMPLES * ECG_INPUT_LEADS)\n#endif\n"
     )
@@ -316,8 +318,9 @@ def test_aot_render_has_the_aot_model_and_no_tflite_micro(aot_run, no_idf, tmp_p
 
     record = json.loads((project / "build.json").read_text())
     assert record["runtime"] == "aot" and record["model_sha256"] == hashlib.sha256(aot_model_bytes()).hexdigest()
-    assert fw._model_macros(export / "aot" / "ecg_model.h")["ECG_MODEL_ACTIVATION_BYTES"] == "12"
-    assert record["aot_activation_bytes"] == 12  # the MEAN's int8[1x12]
+    # the plan holds the 12,000-byte input and MEAN's 12-byte output (the input lives in the plan)
+    assert fw._model_macros(export / "aot" / "ecg_model.h")["ECG_MODEL_ACTIVATION_BYTES"] == "12012"
+    assert record["aot_activation_bytes"] == 12012
     assert {entry["path"] for entry in record["files"]} == expected - {"build.json"}
 
 
@@ -397,7 +400,7 @@ int main(void) {
     ran = subprocess.run([str(binary)], capture_output=True, text=True)
     assert ran.returncode == 0, ran
     # Sizes from ecg_model.h; arena = used = ECG_MODEL_ACTIVATION_BYTES; quantization from model_config.h.
-    assert ran.stdout.split() == ["aot", "12000", "5", "12", "12", "0.0392156877", "-3", "0.00390625", "-128"]
+    assert ran.stdout.split() == ["aot", "12000", "5", "12012", "12012", "0.0392156877", "-3", "0.00390625", "-128"]
 
 
 def test_aot_runner_refuses_a_model_config_of_another_model(aot_run, no_idf, tmp_path):

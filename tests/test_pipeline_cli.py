@@ -39,6 +39,7 @@ def test_each_stage_leaves_its_artifacts(pipeline_run):
     summary = json.loads((run / "bench" / "emulator-tflm.json").read_text())
     assert summary["records"] == summary["ok"] == summary["identical_to_reference"] == 12
     assert summary["latency"]["records"] == 12
+    assert summary["parity_check"] == "passed: 12/12 completed records identical to the emulator"
     lines = (run / "bench" / "emulator-tflm.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["model_hash"] == exported["tflite"]["sha256"] and len(lines) == 13
 
@@ -79,3 +80,48 @@ def test_a_port_that_does_not_exist_is_a_clear_error(pipeline_run, capsys):
     assert main(["bench", "--run", str(pipeline_run), "--port", "/dev/ttyNOPE"]) == 1
     err = capsys.readouterr().err
     assert "/dev/ttyNOPE: cannot open the serial port" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_bench_fails_on_an_output_that_differs_from_the_emulator_unless_allowed(pipeline_run, tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+
+    from edge_ecg.bench import ParityError
+
+    run = tmp_path / "run"  # a copy of what bench reads, with one reference output moved by 3 LSB
+    shutil.copytree(pipeline_run / "export", run / "export")
+    for name in ("config.json", "standardization.json"):
+        shutil.copy(pipeline_run / name, run / name)
+    outputs, ids = np.load(run / "export" / "test_int8_outputs.npy"), np.load(run / "export" / "test_ecg_ids.npy")
+    outputs[1, 2] += -3 if outputs[1, 2] > -125 else 3
+    np.save(run / "export" / "test_int8_outputs.npy", outputs)
+
+    assert main(["bench", "--run", str(run), "--emulator", "--limit", "4"]) == 1
+    out, err = capsys.readouterr()
+    assert f"1 of 4 completed records differ from the emulator (first ecg_id {ids[1]}, up to 3 LSB)" in err
+    assert "--allow-mismatch" in err and "parity: failed" in out
+    summary = json.loads((run / "bench" / "emulator-tflm.json").read_text())  # written before failing
+    assert summary["ok"] == 4 and [m["ecg_id"] for m in summary["mismatches"]] == [ids[1]]
+    assert summary["parity_check"].startswith("failed") and summary["allow_mismatch"] is False
+    with pytest.raises(ParityError) as caught:
+        bench(run, emulator="tflm", limit=4, resume=True, progress=False)
+    assert caught.value.summary["identical_to_reference"] == 3
+
+    assert main(["bench", "--run", str(run), "--emulator", "--limit", "4", "--resume", "--allow-mismatch"]) == 0
+    assert "parity: 1 mismatches allowed by --allow-mismatch" in capsys.readouterr().out
+    summary = json.loads((run / "bench" / "emulator-tflm.json").read_text())
+    assert summary["allow_mismatch"] is True and summary["parity_check"].startswith("1 mismatches allowed by --allow-mismatch")
+
+
+def test_parity_check_judges_completed_records_only():
+    from edge_ecg.bench import parity_check
+
+    mismatch = {"ecg_id": 7, "max_lsb": 2}
+    assert parity_check({"records": 3, "ok": 2, "mismatches": []}) == (True, "passed: 2/2 completed records identical to the emulator")
+    assert parity_check({"records": 3, "ok": 2, "mismatches": [mismatch]})[0] is False
+    assert parity_check({"records": 3, "ok": 2, "mismatches": [mismatch]}, allow_mismatch=True)[0] is True
+    assert parity_check({"records": 3, "ok": 0, "mismatches": []}, allow_mismatch=True) == (
+        False, "failed: none of 3 records completed, nothing was compared")
+    assert "output length differs" in parity_check({"records": 1, "ok": 1, "mismatches": [{"ecg_id": 7, "max_lsb": None}]})[1]

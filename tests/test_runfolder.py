@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,43 @@ def test_train_through_the_cli_is_refused_while_another_process_writes_the_run(p
     err = capsys.readouterr().err
     assert f"pid {holder.pid}, stage train" in err
     assert sorted(p.name for p in run.iterdir()) == [".lock"]  # the refused train wrote nothing
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_run_folder_file_names_are_spelled_only_in_runfolder():
+    """Stages ask RunFolder for paths: a quoted run-folder file name anywhere else in the package is a second copy."""
+    import re
+
+    from edge_ecg import runfolder
+
+    names = [runfolder.CONFIG_FILE, runfolder.STANDARDIZATION_FILE, runfolder.MODEL_FILE, runfolder.EXPORT_FILE,
+             runfolder.TFLITE_FILE, runfolder.TEST_IDS_FILE, runfolder.TEST_OUTPUTS_FILE, runfolder.CV_FILE]
+    package = Path(runfolder.__file__).parent
+    pattern = re.compile("|".join(rf"[\"']{re.escape(n)}[\"']" for n in names))
+    offenders = [f"{path.relative_to(package)}:{i}: {line.strip()}"
+                 for path in sorted(package.rglob("*.py")) if path.name != "runfolder.py"
+                 for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_run_folder_readers_name_the_file_and_the_fix(tmp_path):
+    from edge_ecg.runfolder import RunError, RunFolder
+
+    folder = RunFolder(tmp_path / "r")
+    with pytest.raises(RunError, match=r"export\.json not found: run `edge-ecg export"):
+        folder.read_export()
+    with pytest.raises(RunError, match=r"config\.json: not found"):
+        folder.read_config()
+    with pytest.raises(RunError, match="run `edge-ecg train"):
+        folder.deployable_model()
+    (tmp_path / "r" / "compress").mkdir(parents=True)
+    (tmp_path / "r" / "model.keras").write_bytes(b"x")
+    assert folder.deployable_model() == folder.model
+    (tmp_path / "r" / "compress" / "final.h5").write_bytes(b"x")
+    assert folder.deployable_model() == folder.compress / "final.h5"  # compression's result comes first
+    folder.export.mkdir()
+    folder.export_report.write_text("{not json")
+    with pytest.raises(RunError, match="not valid JSON"):
+        folder.read_export()

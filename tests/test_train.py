@@ -22,6 +22,7 @@ def _weights(run):
     return {n: reader.get_tensor(n) for n, _ in tf.train.list_variables(str(run / "state" / "ckpt")) if "model" in n}
 
 
+@pytest.mark.slow
 def test_one_epoch_through_the_cli_writes_model_and_report(ptbxl_dir, tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", "--data", str(ptbxl_dir), "--run", str(run), "--epochs", "1", "--train-limit", "64"])
@@ -36,6 +37,7 @@ def test_one_epoch_through_the_cli_writes_model_and_report(ptbxl_dir, tmp_path, 
     assert "test macro AUC" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_at_the_next_epoch_with_the_same_result(ptbxl, tmp_path):
     config = TrainConfig(**SMALL)
     straight = tmp_path / "straight"
@@ -67,6 +69,7 @@ def test_unknown_architecture_is_refused_before_anything_is_written(ptbxl, tmp_p
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_resuming_with_other_settings_is_refused(ptbxl, tmp_path):
     run = tmp_path / "run"
     train(run, TrainConfig(**{**SMALL, "epochs": 1}), dataset=ptbxl, progress=False)
@@ -90,6 +93,7 @@ def test_evaluate_without_a_model_names_the_fix(ptbxl, tmp_path, capsys):
     assert "config.json: not found" in err and "edge-ecg train" in err
 
 
+@pytest.mark.slow
 def test_data_with_other_samples_than_the_model_is_refused(ptbxl, tmp_path):
     from edge_ecg.evaluate import evaluate
 

@@ -8,12 +8,17 @@ appends results to JSONL as they arrive. :func:`bench` ties them to a run folder
     runs/NAME/bench/
       <backend>.jsonl    header + one line per test-fold record (int8 outputs, device latency, retries)
       <backend>.json     summary: latency median/p90/min/max, macro AUC from the device's outputs,
-                         records identical to the TFLite Micro host emulator (mismatches listed)
+                         records identical to the TFLite Micro host emulator (mismatches listed),
+                         and the parity verdict (``parity_check``)
+
+A device output that differs from the emulator's fails the benchmark (:class:`ParityError`,
+after the summary is written) unless ``allow_mismatch``; so does a benchmark in which no
+record completed. Records that failed after their retries are listed and leave the verdict
+alone: ``resume`` runs them again.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -22,20 +27,21 @@ from typing import Callable
 
 import numpy as np
 
-from edge_ecg.bench.runner import BenchError, run_records, summarize
+from edge_ecg.bench.runner import BenchError, ParityError, run_records, summarize
 from edge_ecg.bench.session import DeviceSession, RecordOutcome
+from edge_ecg.runfolder import RunError, RunFolder, atomic_write_json, locks_run
 
-__all__ = ["BenchError", "DeviceSession", "RecordOutcome", "bench", "test_records"]
+__all__ = ["BenchError", "DeviceSession", "ParityError", "RecordOutcome", "bench", "parity_check", "test_records"]
 
 
 EMULATORS = ("tflm", "board", "qemu")
 
 
 def _export(run: Path) -> dict:
-    path = run / "export" / "export.json"
-    if not path.is_file():
-        raise BenchError(f"{path} not found: run `edge-ecg export --run {run}` first")
-    return json.loads(path.read_text())
+    try:
+        return RunFolder(run).read_export()
+    except RunError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def test_records(run: str | os.PathLike, *, limit: int | None = None, dataset=None) -> tuple[list[tuple[int, bytes]], dict]:
@@ -45,7 +51,7 @@ def test_records(run: str | os.PathLike, *, limit: int | None = None, dataset=No
     clipping and the int8 input quantization, exactly what the firmware computes.
     """
     from edge_ecg.data import Standardizer
-    from edge_ecg.export import clip_inputs, quantize_input
+    from edge_ecg.preprocess import int8_input
     from edge_ecg.train import STANDARDIZATION_FILE, TrainConfig, load_split, read_run_config
 
     run = Path(run)
@@ -53,23 +59,35 @@ def test_records(run: str | os.PathLike, *, limit: int | None = None, dataset=No
     config = TrainConfig.from_dict(read_run_config(run)["train"])
     split = load_split(config, dataset)
     test = split.test if limit is None else split.test.select(np.arange(min(limit, len(split.test))))
-    z = clip_inputs(Standardizer.load(run / STANDARDIZATION_FILE).transform(test.signals), exported["calibration"]["clip_sigma"])
-    q = quantize_input(z, exported["tflite"]["input"]["scale"], exported["tflite"]["input"]["zero_point"])
+    standardizer = Standardizer.load(run / STANDARDIZATION_FILE)
+    q = int8_input(test.signals, standardizer.mean, standardizer.std, exported["calibration"]["clip_sigma"],
+                   exported["tflite"]["input"]["scale"], exported["tflite"]["input"]["zero_point"])
     records = [(int(i), q[k].tobytes()) for k, i in enumerate(test.ecg_ids)]
     labels = {int(i): test.labels[k] for k, i in enumerate(test.ecg_ids)}
     return records, labels
 
 
-def _tflm_backend(run: Path, exported: dict) -> Callable[[bytes], RecordOutcome]:
-    """The TFLite Micro host emulator, in process; latency is the host's time per invoke."""
+def _tflm_backend(run: Path, exported: dict, warmup: int = 0) -> Callable[[bytes], RecordOutcome]:
+    """The TFLite Micro host emulator, in process; latency is the host's time of the timed invoke.
+
+    It follows the serial session's call sequence: ``infer 1 W`` on the first record (W
+    warm-ups), ``infer 1 0`` on the others; the input is set before every invoke, as the
+    core restores it (TFLM reuses the input tensor's memory, so an invoke without the
+    restore would run on overwritten input).
+    """
     from edge_ecg.export.emulator import tflm_interpreter
 
-    tflite = (run / "export" / exported["tflite"]["file"]).read_bytes()
+    tflite = (RunFolder(run).export / exported["tflite"]["file"]).read_bytes()
     interpreter = tflm_interpreter(tflite, exported["arena"]["recommended_bytes"])
     shape = exported["tflite"]["input"]["shape"]
+    warmed = [False]  # the session warms up on its first record only
 
     def run_one(data: bytes) -> RecordOutcome:
         x = np.frombuffer(data, np.int8).reshape(shape)
+        for _ in range(0 if warmed[0] else warmup):
+            interpreter.set_input(x, 0)
+            interpreter.invoke()
+        warmed[0] = True
         interpreter.set_input(x, 0)
         start = time.perf_counter()
         interpreter.invoke()
@@ -91,6 +109,37 @@ def _serial_connect(port: str, baud: int) -> Callable:
     return connect
 
 
+def _init_failure(info: dict, exported: dict) -> str:
+    """Why a device's model is not ready, with the arena it has and the one the export measured."""
+    arena = exported.get("arena", {})
+    has = f"a {info['arena_bytes']}-byte tensor arena" if info.get("arena_bytes") else "no tensor arena"
+    return (f"the device's model failed to initialize (info: model_ready false, e-[Model init failed] at boot) with {has}; "
+            f"this export needs at least {arena.get('min_bytes')} bytes (export.json arena.min_bytes, the host interpreter's "
+            f"minimum) and recommends {arena.get('recommended_bytes')} (ECG_ARENA_BYTES): rebuild with a larger arena, "
+            "or check that the firmware registers the model's ops")
+
+
+def parity_check(summary: dict, *, allow_mismatch: bool = False) -> tuple[bool, str]:
+    """(passed, verdict) of a summary: every completed record's outputs equal the reference's.
+
+    Mismatches fail unless ``allow_mismatch``; a benchmark with no completed record fails
+    (nothing was compared). Failed or missing records are listed in the summary, not judged here.
+    """
+    mismatches, ok = summary["mismatches"], summary["ok"]
+    if ok == 0 and summary["records"] > 0:
+        return False, f"failed: none of {summary['records']} records completed, nothing was compared"
+    if not mismatches:
+        return True, f"passed: {ok}/{ok} completed records identical to the emulator"
+    lsbs = [m["max_lsb"] for m in mismatches if m["max_lsb"] is not None]
+    first = mismatches[0]
+    worst = f"up to {max(lsbs)} LSB" if lsbs else "output length differs"
+    detail = f"{len(mismatches)} of {ok} completed records differ from the emulator (first ecg_id {first['ecg_id']}, {worst})"
+    if allow_mismatch:
+        return True, f"{len(mismatches)} mismatches allowed by --allow-mismatch ({detail})"
+    return False, f"failed: {detail}"
+
+
+@locks_run("bench")
 def bench(
     run: str | os.PathLike,
     *,
@@ -106,6 +155,10 @@ def bench(
     load: str = "binary",
     dataset=None,
     progress: bool = True,
+    allow_mismatch: bool = False,
+    runtime: str = "aot",
+    tflm_src: str | os.PathLike | None = None,
+    arena_bytes: int | None = None,
 ) -> dict:
     """Send the run's test-fold records to a device (``port`` or ``connect``) or the emulator; return the summary.
 
@@ -116,24 +169,48 @@ def bench(
     ``export --runtime aot``. A device must report the exported model's hash (``info%``), or nothing
     is compared. Results go to ``run/bench/<backend>.jsonl`` as they arrive;
     ``resume`` continues an interrupted benchmark.
+
+    ``emulator="board"`` with ``runtime="tflm"`` runs the ESP32 port's TFLite Micro runner
+    (``firmware/esp32/main/tflm_runner.cc``) on the host port instead of the AOT model,
+    built against the TFLM source tree ``tflm_src`` (:mod:`edge_ecg.bench.tflm_board`);
+    ``arena_bytes`` overrides the export's tensor arena. A device whose model did not
+    initialize (``info%`` model_ready false) is a :class:`BenchError` naming its arena and
+    the export's measured one.
+
+    The summary is always written; then :class:`ParityError` (a :class:`BenchError`) is
+    raised when :func:`parity_check` fails: a device output differs from the emulator's
+    (unless ``allow_mismatch``) or no record completed.
     """
     run = Path(run)
     exported = _export(run)
     model_hash = exported["tflite"]["sha256"]
     if sum(x is not None for x in (port, emulator, connect)) != 1:
         raise BenchError("choose one of --port PORT or --emulator")
+    if runtime not in ("aot", "tflm"):
+        raise BenchError(f"--runtime {runtime!r} is not one of aot, tflm")
+    board_tflm = emulator == "board" and runtime == "tflm"
+    if (tflm_src is not None or arena_bytes is not None or runtime != "aot") and not board_tflm:
+        raise BenchError("--runtime tflm, --tflm-src and --arena-bytes go with --emulator board only (the TFLite Micro board)")
+    if board_tflm and tflm_src is None:
+        raise BenchError("--emulator board --runtime tflm needs --tflm-src DIR: a tflite-micro checkout with its "
+                         "third-party downloads, or the esp-tflite-micro component folder")
     records, labels = test_records(run, limit=limit, dataset=dataset)
     session = board = None
     if emulator is not None and emulator not in EMULATORS:
         raise BenchError(f"--emulator {emulator!r} is not one of {', '.join(EMULATORS)}")
-    if emulator in ("board", "qemu"):
+    if board_tflm:
+        from edge_ecg.bench import tflm_board
+
+        board = tflm_board.tflm_board_connect(run, RunFolder(run).bench / "board-tflm-build", tflm_src, arena_bytes=arena_bytes)
+        connect = board
+    elif emulator in ("board", "qemu"):
         from edge_ecg.bench import boards
 
-        workdir = run / "bench" / f"{emulator}-build"
+        workdir = RunFolder(run).bench / f"{emulator}-build"
         board = boards.virtual_board_connect(run, workdir) if emulator == "board" else boards.qemu_connect(run, workdir)
         connect = board
     if emulator == "tflm":
-        backend, run_one, info = "emulator-tflm", _tflm_backend(run, exported), {"target": "host TFLite Micro (tflite_micro)"}
+        backend, run_one, info = "emulator-tflm", _tflm_backend(run, exported, warmup), {"target": "host TFLite Micro (tflite_micro)"}
     else:
         session = DeviceSession(connect or _serial_connect(port, baud), timeout=timeout, retries=retries, warmup=warmup, load=load)
         try:
@@ -150,26 +227,39 @@ def bench(
                 f"the device runs model {info.get('model_hash')!r}, this run exported {model_hash}; flash this run's "
                 "firmware (`edge-ecg build` then `edge-ecg flash`) — outputs of another model are never compared"
             )
+        if info.get("model_ready") is False:
+            log = board.transport.stderr_tail() if board is not None and board.transport is not None else ""
+            session.close()
+            if board is not None:
+                board.close()
+            raise BenchError(_init_failure(info, exported) + (f". Board log: {log}" if log else ""))
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", port or info.get("target", "device")).strip("_")
-        backend, run_one = (f"emulator-{emulator}" if emulator else f"serial-{name}"), session.run
+        backend = f"emulator-{emulator}{'-tflm' if board_tflm else ''}" if emulator else f"serial-{name}"
+        run_one = session.run
     clock = {"tflm": "host perf_counter", "qemu": "QEMU -icount shift=0: 1 us = 1000 guest instructions"}
     header = {"backend": backend, "model_hash": model_hash, "device": info, "records": len(records),
               "latency_clock": clock.get(emulator, "device timestamps (m-lap-us)")}
-    out = run / "bench"
+    folder = RunFolder(run)
     try:
-        rows = run_records(run_one, records, out / f"{backend}.jsonl", header, resume=resume, progress=progress)
+        rows = run_records(run_one, records, folder.bench_results(backend), header, resume=resume, progress=progress)
     finally:
         if session is not None:
             session.close()
         if board is not None:
             board.close()
-    reference = dict(zip(np.load(run / "export" / "test_ecg_ids.npy").tolist(), np.load(run / "export" / "test_int8_outputs.npy").tolist()))
+    reference = folder.reference_outputs()
     out_q = exported["tflite"]["output"]
     summary = summarize(rows, reference=reference, labels=labels, output_scale=out_q["scale"],
                         output_zero_point=out_q["zero_point"], output_kind=exported["tflite"].get("output_kind", "probability"),
                         expected_ids=[i for i, _ in records])
     summary = {"backend": backend, "device": info, "reference": "TFLite Micro host emulator (export/test_int8_outputs.npy)", **summary}
-    (out / f"{backend}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    passed, verdict = parity_check(summary, allow_mismatch=allow_mismatch)
+    summary["allow_mismatch"], summary["parity_check"] = allow_mismatch, verdict
+    path = folder.bench_summary(backend)
+    atomic_write_json(path, summary)  # results are kept whatever the verdict
+    if not passed:
+        fix = "" if summary["ok"] == 0 else "; pass --allow-mismatch (allow_mismatch=True) to accept them"
+        raise ParityError(f"{backend}: parity {verdict} (results in {path}){fix}", summary)
     return summary
 
 
@@ -189,4 +279,6 @@ def format_summary(summary: dict) -> str:
     lines.append(f"identical to the TFLite Micro host emulator: {summary['identical_to_reference']}/{summary['ok']}")
     for m in summary["mismatches"][:10]:
         lines.append(f"  mismatch ecg_id {m['ecg_id']}: device {m['device']} vs emulator {m['reference']} (max {m['max_lsb']} LSB)")
+    if summary.get("parity_check"):
+        lines.append(f"parity: {summary['parity_check']}")
     return "\n".join(lines)

@@ -45,6 +45,7 @@ from typing import Sequence
 
 from edge_ecg.bench.host import FIRMWARE, build_host_port
 from edge_ecg.bench.protocol import EE_MSG_READY, DutClient, FdTransport, elapsed_us
+from edge_ecg.runfolder import RunFolder
 
 HOST_DIR = FIRMWARE / "host"
 CORE_DIR = FIRMWARE / "core"
@@ -93,7 +94,7 @@ class BoardError(RuntimeError):
 
 def _export_sources(run: str | os.PathLike) -> tuple[Path, Path, list[Path]]:
     """(export dir, its aot dir, the AOT C files) of an export made with ``--runtime aot``."""
-    export = Path(run) / "export"
+    export = RunFolder(run).export
     aot = export / "aot"
     sources = sorted(aot.glob("*.c"))
     if not (export / "model_config.h").is_file() or not (aot / "ecg_model.h").is_file() or not sources:

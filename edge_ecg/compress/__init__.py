@@ -34,7 +34,7 @@ from edge_ecg.compress.tfmot_stages import (
     quantize,
     strip_pruning,
 )
-from edge_ecg.runfolder import atomic_write_bytes, locks_run
+from edge_ecg.runfolder import RunFolder, atomic_write_bytes, locks_run
 
 __all__ = [
     "compress",
@@ -84,7 +84,9 @@ def compress(
     from edge_ecg.models import summary
     from edge_ecg.progress import console
     from edge_ecg.train import (
+        BEST_WEIGHTS,
         STANDARDIZATION_FILE,
+        STATE_DIR,
         FitOptions,
         TrainConfig,
         fit,
@@ -107,7 +109,7 @@ def compress(
     data = fit_data(split, Standardizer.load(run / STANDARDIZATION_FILE), config.rate)
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
 
-    root = run / "compress"
+    root = RunFolder(run).compress
     root.mkdir(exist_ok=True)
     report = {"run": str(run), "stages": []}
     for name in names:
@@ -147,7 +149,7 @@ def compress(
             distill_alpha=0.0,  # fine-tunes learn from the labels
         )
         state = fit(model, data, out, options, callbacks=callbacks, progress=progress)
-        model.load_weights(out / "state" / "best.weights.h5")
+        model.load_weights(out / STATE_DIR / BEST_WEIGHTS)
         if kind.startswith("prune"):
             model = strip_pruning(model)
         with warnings.catch_warnings():  # HDF5 on purpose: QAT wrappers do not reload from .keras

@@ -34,26 +34,22 @@ from edge_ecg.export.convert import (
     to_int8_tflite,
 )
 from edge_ecg.compress import load_model  # one loader for float, pruned and QAT models
+from edge_ecg.runfolder import locks_run
 from edge_ecg.export.convert import is_quantization_aware
+from edge_ecg.export.arena import target_arenas
 from edge_ecg.export.csources import SOURCE_FILES, c_sources, sha256, write_c_sources
-from edge_ecg.export.emulator import (
-    dequantize_output,
-    litert_run,
-    measure_arena,
-    quantize_input,
-    tflm_run,
-)
+from edge_ecg.export.emulator import litert_run, measure_arena, tflm_run
+from edge_ecg.preprocess import clip_inputs, dequantize_output, quantize_input
+from edge_ecg.runfolder import EXPORT_DIR, EXPORT_FILE, TEST_IDS_FILE, TEST_OUTPUTS_FILE, TFLITE_FILE, RunFolder
 
-EXPORT_DIR = "export"
-TFLITE_FILE = "model_int8.tflite"
-EXPORT_FILE = "export.json"
-COMPRESSED_MODELS = (Path("compress") / "final.keras", Path("compress") / "final.h5")
-"""The compression stage's result, taken before ``model.keras`` when present (first found)."""
 CLIP_CANDIDATES = (3.0, 4.0, 5.0, 6.0, 8.0, None)
 """Clipping levels (standard deviations) tried by ``clip_sigma="auto"``; None: no clipping."""
 
 LITERT_TOLERANCE_LSB = 1
 """Largest TFLite Micro vs LiteRT BUILTIN_REF difference (int8 steps) accepted with a warning."""
+
+MAX_VAL_AUC_DROP = 0.01
+"""Largest validation macro AUC the int8 model may lose against the float model (``export(max_drop=...)``)."""
 
 REPRESENTATIVE_RECORDS = 500
 """Training records used to calibrate the int8 ranges (evenly spaced over the training folds)."""
@@ -61,6 +57,7 @@ REPRESENTATIVE_RECORDS = 500
 __all__ = [
     "TFLM_RESOLVER",
     "ExportError",
+    "MAX_VAL_AUC_DROP",
     "c_sources",
     "check_tflite",
     "choose_clip",
@@ -82,15 +79,7 @@ __all__ = [
 def _model_path(run: Path, model_path: str | os.PathLike | None) -> Path:
     if model_path is not None:
         return Path(model_path)
-    for candidate in COMPRESSED_MODELS:
-        if (run / candidate).is_file():
-            return run / candidate
-    from edge_ecg.train import MODEL_FILE, load_run_model
-
-    path = run / MODEL_FILE
-    if not path.is_file():
-        load_run_model(run)  # raises RunError: no trained model, run `edge-ecg train` first
-    return path
+    return RunFolder(run).deployable_model()  # RunError when there is no trained model
 
 
 RUNTIMES = ("tflm", "aot")
@@ -136,14 +125,6 @@ def choose_clip(labels: np.ndarray, val_probs: dict, *, n_boot: int = 1000, seed
     return (best if gains[best]["ci95"][0] > 0 else None), gains
 
 
-def clip_inputs(x: np.ndarray, clip_sigma: float | None) -> np.ndarray:
-    """Standardized inputs clipped to ±clip_sigma (no-op for None), in float32 as the firmware does."""
-    if clip_sigma is None:
-        return x
-    c = np.float32(clip_sigma)
-    return np.clip(x, -c, c).astype(np.float32)
-
-
 def representative_indices(n: int, limit: int = REPRESENTATIVE_RECORDS) -> np.ndarray:
     """``min(n, limit)`` record indices spread evenly over ``range(n)``."""
     if n <= limit:
@@ -151,6 +132,7 @@ def representative_indices(n: int, limit: int = REPRESENTATIVE_RECORDS) -> np.nd
     return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
 
 
+@locks_run("export")
 def export(
     run: str | os.PathLike,
     *,
@@ -159,6 +141,7 @@ def export(
     data: str | None = None,
     progress: bool = True,
     allow_mismatch: bool = False,
+    max_drop: float = MAX_VAL_AUC_DROP,
     representative_records: int = REPRESENTATIVE_RECORDS,
     n_boot: int = 1000,
     clip_sigma: float | str | None = "auto",
@@ -176,6 +159,9 @@ def export(
     when the model cannot go to the firmware or when TFLite Micro and LiteRT's
     reference kernels disagree by more than LITERT_TOLERANCE_LSB on a test record
     (unless ``allow_mismatch``); smaller differences are listed in export.json.
+    The int8 model's validation (fold 9) macro AUC may fall at most ``max_drop`` below
+    the float model's, else :class:`ExportError`; both are checked before anything is
+    written, so a failed export leaves a previous export in ``out`` as it was.
 
     ``clip_sigma`` clips the standardized input at that many standard deviations
     before calibration and in every preprocessing (Python and firmware alike), so a
@@ -205,6 +191,8 @@ def export(
         raise ExportError(f"clip_sigma must be a positive number of standard deviations, 'auto' or None, got {clip_sigma!r}")
     if runtime not in RUNTIMES:
         raise ExportError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not np.isfinite(max_drop):
+        raise ExportError(f"max_drop must be a finite number (validation macro AUC, e.g. 0.01), got {max_drop!r}")
     run = Path(run)
     config = TrainConfig.from_dict(read_run_config(run)["train"])
     if data is not None:
@@ -251,6 +239,14 @@ def export(
     else:
         chosen = clip_sigma
     tflite, io, y_val_q = trials[chosen]["tflite"], trials[chosen]["io"], trials[chosen]["y_val_q"]
+    # the parity ladder's first rung, on validation (the test fold decides nothing): checked before any file is written
+    val_float_auc, val_int8_auc = macro_auc(split.val.labels, p_val_float), trials[chosen]["row"]["val_int8_macro_auc"]
+    if val_float_auc - val_int8_auc > max_drop:
+        raise ExportError(
+            f"{path}: the int8 model's validation macro AUC {val_int8_auc:.4f} is {val_float_auc - val_int8_auc:.4f} below "
+            f"the float model's {val_float_auc:.4f}, more than max_drop {max_drop:g}; nothing was written. Train "
+            f"quantization-aware (`edge-ecg compress --qat`), or accept the loss with --max-drop (export(max_drop=...))"
+        )
     ops = ops_in_model(tflite)
     in_q, out_q = io["inputs"][0], io["outputs"][0]
 
@@ -294,6 +290,11 @@ def export(
     # 3. arena
     say("measuring the TFLite Micro tensor arena")
     arena = measure_arena(tflite)
+    arena.update(target_arenas(tflite, arena))  # ESP-NN's scratch and op data on top, per firmware target
+    if not arena["replay"]["matches_tflm"]:
+        say(f"[yellow]warning[/]: the arena replay plans a {arena['replay']['reference_head_replayed']:,}-byte head, "
+            f"TFLite Micro {arena['replay']['reference_head_measured']:,} B: a kernel's scratch request is not modelled "
+            "(edge_ecg/export/arena.py); the per-target figures add only the difference")
 
     # 4. files
     out_dir = Path(out) if out is not None else run / EXPORT_DIR
@@ -317,15 +318,16 @@ def export(
         sample_rate_hz=config.rate,
         arena_bytes=arena["recommended_bytes"],
         arena_min_bytes=arena["min_bytes"],
+        arena_targets={t: v["recommended_bytes"] for t, v in arena["targets"].items()},
         input_clip_sigma=0.0 if chosen is None else float(chosen),
         output_kind=output_kind,
         thresholds_note=thresholds_note,
     )
-    np.save(out_dir / "test_int8_outputs.npy", y_test_q)
+    np.save(out_dir / TEST_OUTPUTS_FILE, y_test_q)
     (out_dir / "calibration").mkdir(exist_ok=True)
     for clip, trial in trials.items():  # each clipping level's test probabilities, for pooled comparisons
         np.save(out_dir / "calibration" / f"test_probs_clip-{'off' if clip is None else f'{clip:g}'}.npy", trial["test_probs"])
-    np.save(out_dir / "test_ecg_ids.npy", split.test.ecg_ids.astype(np.int64))
+    np.save(out_dir / TEST_IDS_FILE, split.test.ecg_ids.astype(np.int64))
 
     try:
         model_name = str(path.resolve().relative_to(run.resolve()))
@@ -353,6 +355,10 @@ def export(
             "trials": [t["row"] for t in trials.values()],
         },
         "parity": {
+            "val_float_macro_auc": val_float_auc,
+            "val_int8_macro_auc": val_int8_auc,
+            "val_auc_drop": val_float_auc - val_int8_auc,
+            "max_drop": max_drop,
             "float_test_macro_auc": float_auc,
             "int8_tflm_test_macro_auc": report["macro_auc"],
             "auc_drop": float_auc - report["macro_auc"],
@@ -364,7 +370,7 @@ def export(
         },
         "thresholds": {"source": thresholds_note, "values": dict(zip(CLASSES, thresholds))},
         "test": report,
-        "files": [TFLITE_FILE, *SOURCE_FILES, "test_int8_outputs.npy", "test_ecg_ids.npy", EXPORT_FILE],
+        "files": [TFLITE_FILE, *SOURCE_FILES, TEST_OUTPUTS_FILE, TEST_IDS_FILE, EXPORT_FILE],
     }
     if runtime == "aot":
         result["aot"] = export_aot(tflite, out_dir / "aot", q_test, y_test_q)
@@ -373,6 +379,7 @@ def export(
     say(
         f"int8 TFLM test macro AUC {report['macro_auc']:.4f} (float {float_auc:.4f}, drop {float_auc - report['macro_auc']:+.4f}); "
         f"TFLM = LiteRT on {n_identical}/{len(identical)} records; {len(tflite):,} bytes; "
-        f"arena min {arena['min_bytes']:,} B, recommended {arena['recommended_bytes']:,} B"
+        f"arena min {arena['min_bytes']:,} B, recommended {arena['recommended_bytes']:,} B "
+        f"(ESP32 {arena['targets']['esp32']['recommended_bytes']:,} B, ESP32-S3 {arena['targets']['esp32s3']['recommended_bytes']:,} B)"
     )
     return result

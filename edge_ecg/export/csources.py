@@ -16,23 +16,22 @@ Each starts with a banner naming the generator and the model's SHA-256.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from edge_ecg import __version__
 from edge_ecg.export.convert import TFLM_RESOLVER, ExportError, check_tflite, ops_in_model
+from edge_ecg.runfolder import sha256_bytes
 
 SOURCE_FILES = ("model_data.h", "model_data.cc", "model_ops.h", "model_config.h")
 BYTES_PER_LINE = 12
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(bytes(data)).hexdigest()
+sha256 = sha256_bytes  # the model hash, computed in one place (edge_ecg.runfolder)
 
 
 def c_float(value: float) -> str:
@@ -147,6 +146,7 @@ def model_config_h(
     lead_std: Sequence[float],
     arena_bytes: int,
     arena_min_bytes: int | None = None,
+    arena_targets: Mapping[str, int] | None = None,
     input_clip_sigma: float = 0.0,
     lead_names: Sequence[str] | None = None,
     sample_rate_hz: int | None = None,
@@ -163,6 +163,9 @@ def model_config_h(
         raise ExportError(f"standardization for {len(lead_mean)} leads, the model takes {leads}")
     if not arena_bytes > 0:
         raise ExportError(f"arena size must be positive, got {arena_bytes}")
+    if arena_targets is not None and int(arena_targets.get("reference", arena_bytes)) != int(arena_bytes):
+        raise ExportError(f"ECG_ARENA_BYTES is the reference figure: arena_bytes {arena_bytes} != arena_targets['reference'] "
+                          f"{arena_targets['reference']}")
     from edge_ecg.export.convert import output_probabilities
 
     q_grid = np.arange(-128, 128, dtype=np.float32)
@@ -226,6 +229,8 @@ def model_config_h(
     ]
     if arena_min_bytes is not None:
         lines.append(f"#define ECG_ARENA_MIN_BYTES_HOST {int(arena_min_bytes)}  /* smallest that allocates on the 64-bit host */")
+    if arena_targets is not None:
+        lines += _arena_target_lines(arena_targets)
     lines += [
         "",
         f'#define ECG_MODEL_SHA256 "{digest}"',
@@ -235,6 +240,25 @@ def model_config_h(
         "",
     ]
     return "\n".join(lines)
+
+
+def _arena_target_lines(arena_targets: Mapping[str, int]) -> list[str]:
+    """ECG_ARENA_BYTES_<TARGET>: the recommended arena of each target (export.json "arena" "targets")."""
+    from edge_ecg.export.arena import ESP_NN_VERSION, TARGETS
+
+    if set(arena_targets) != set(TARGETS):
+        raise ExportError(f"arena_targets must give {', '.join(TARGETS)}, got {', '.join(sorted(arena_targets)) or 'none'}")
+    if not all(int(v) > 0 for v in arena_targets.values()):
+        raise ExportError(f"arena sizes must be positive, got {dict(arena_targets)}")
+    notes = {
+        "reference": "TFLM reference kernels (host, Cortex-M): ECG_ARENA_BYTES",
+        "esp32": "esp-tflite-micro ESP-NN kernels, no conv scratch (ESP32, ESP32-C3)",
+        "esp32s3": f"ESP-NN kernels on ESP32-S3, with esp-nn {ESP_NN_VERSION}'s conv scratch buffers",
+    }
+    lines = ["/* Per firmware target (export.json \"arena\" \"targets\"), same rule on each target's minimum. */"]
+    for target in TARGETS:
+        lines.append(f"#define ECG_ARENA_BYTES_{target.upper()} {int(arena_targets[target])}  /* {notes[target]} */")
+    return lines
 
 
 def _arena_rule_comment() -> str:

@@ -28,6 +28,7 @@ import tempfile
 import numpy as np
 
 from edge_ecg.export.convert import ExportError, model_io
+from edge_ecg.preprocess import dequantize_output, quantize_input  # the one Python twin of ee_preprocess.c
 from edge_ecg.progress import track
 
 DEFAULT_ARENA_BYTES = 16 * 1024 * 1024
@@ -47,22 +48,6 @@ ARENA_RULE = (
 
 def _qparams(tensor: dict) -> tuple[float, int]:
     return float(tensor["scale"]), int(tensor["zero_point"])
-
-
-def quantize_input(x_float: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """int8 = clip(round(x / scale) + zero_point, -128, 127), in float32 as a 32-bit MCU would compute it.
-
-    ``np.round`` rounds halves to even; C's ``roundf`` rounds them away from zero. The two
-    differ only for values exactly halfway between two steps.
-    """
-    x = np.asarray(x_float, dtype=np.float32)
-    q = np.round(x / np.float32(scale)) + np.float32(zero_point)
-    return np.clip(q, -128, 127).astype(np.int8)
-
-
-def dequantize_output(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """float32 = (q - zero_point) * scale."""
-    return ((np.asarray(q).astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
 
 
 def quantize_model_input(tflite_bytes: bytes, x_float: np.ndarray) -> np.ndarray:

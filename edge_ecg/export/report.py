@@ -13,6 +13,8 @@ import gzip
 import os
 from pathlib import Path
 
+from edge_ecg.runfolder import RunFolder
+
 COLUMNS = ("variant", "tflite_bytes", "gzip_bytes", "zero_weights", "params", "macs", "arena_bytes", "test_macro_auc", "ci95")
 
 
@@ -82,7 +84,7 @@ def stage_report(run: str | os.PathLike, *, dataset=None, clip_sigma="auto", n_b
     run = Path(run)
     rows = [_float_row(run, dataset, n_boot)]
     rows.append(_int8_row(run, "post-training int8", run / MODEL_FILE, dataset, clip_sigma, n_boot))
-    for stage in sorted((run / "compress").glob("*/model.h5")):
+    for stage in sorted(RunFolder(run).compress.glob("*/model.h5")):
         name = stage.parent.name
         label = f"{name} int8" if name.endswith(("qat", "pqat")) else f"{name} + post-training int8"
         rows.append(_int8_row(run, label, stage, dataset, clip_sigma, n_boot))

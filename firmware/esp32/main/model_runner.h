@@ -28,8 +28,9 @@ const char *model_runner_error(void);
 /* The runtime: "tflm" or "aot" (as `edge-ecg build --runtime`). */
 const char *model_runner_name(void);
 
-/* Bytes of the model's working memory (tflm: the tensor arena, ECG_ARENA_BYTES
- * rounded up to 16; aot: ECG_MODEL_ACTIVATION_BYTES); 0 when none. */
+/* Bytes of the model's working memory (tflm: the tensor arena, this chip's
+ * ECG_ARENA_BYTES_ESP32 or _ESP32S3 rounded up to 16; aot:
+ * ECG_MODEL_ACTIVATION_BYTES); 0 when none. */
 size_t model_runner_arena_bytes(void);
 
 /* Of those, the bytes the model really uses (tflm: after AllocateTensors, 0

@@ -3,7 +3,8 @@
  * (espressif/esp-tflite-micro, ESP-NN kernels), behind the core's model hooks.
  *
  * The model (model/model_data.cc) stays in flash; the tensor arena, 16-byte
- * aligned and ECG_ARENA_BYTES long, goes to PSRAM when the board has it and to
+ * aligned and as long as the export says this chip needs (EE_ESP32_ARENA_BYTES,
+ * config/model_config.h), goes to PSRAM when the board has it and to
  * internal RAM otherwise (Kconfig ECG_ARENA_INTERNAL_FIRST reverses the
  * order). The resolver holds exactly the model's ops (model/model_ops.h).
  */
@@ -24,10 +25,14 @@
 #include "model_runner.h"
 #include "th_hooks.h"
 
+#if !defined(EE_ESP32_ARENA_BYTES) || !defined(EE_ESP32_ARENA_TARGET)
+#error "no tensor arena size for this chip: the export sizes it for esp32, esp32s3 and esp32c3 (config/model_config.h)"
+#endif
+
 namespace {
 
 constexpr size_t kArenaAlignment = 16;
-constexpr size_t kArenaBytes = (static_cast<size_t>(ECG_ARENA_BYTES) + kArenaAlignment - 1) /
+constexpr size_t kArenaBytes = (static_cast<size_t>(EE_ESP32_ARENA_BYTES) + kArenaAlignment - 1) /
                                kArenaAlignment * kArenaAlignment;
 constexpr size_t kInputBytes = static_cast<size_t>(EE_INPUT_SAMPLES) * static_cast<size_t>(EE_INPUT_LEADS);
 
@@ -127,8 +132,8 @@ int model_runner_init(void) {
 
     g_arena = allocate_arena();
     if (g_arena == nullptr) {
-        return fail("no room for a %u-byte tensor arena (largest free block: internal %u, PSRAM %u)",
-                    static_cast<unsigned>(kArenaBytes),
+        return fail("no room for the %u-byte tensor arena %s needs (largest free block: internal %u, PSRAM %u)",
+                    static_cast<unsigned>(kArenaBytes), EE_ESP32_ARENA_TARGET,
                     static_cast<unsigned>(heap_caps_get_largest_free_block(kInternal.caps)),
                     static_cast<unsigned>(heap_caps_get_largest_free_block(kPsram.caps)));
     }
@@ -143,7 +148,10 @@ int model_runner_init(void) {
     if (g_interpreter->AllocateTensors() != kTfLiteOk) {
         // TFLM prints the cause (arena too small, op missing) on the console:
         // USB-Serial-JTAG on ESP32-S3/C3, nowhere on ESP32 (sdkconfig.defaults).
-        return fail("AllocateTensors() failed with a %u-byte arena in %s: raise ECG_ARENA_BYTES or check the ops",
+        // The export sized the arena for this chip; TFLM's log says how many bytes were missing.
+        return fail("AllocateTensors() failed on %s: the export says it needs %u B, the arena has %u B in %s; "
+                    "check the ops and the esp-nn version",
+                    EE_ESP32_ARENA_TARGET, static_cast<unsigned>(EE_ESP32_ARENA_BYTES),
                     static_cast<unsigned>(kArenaBytes), g_arena_memory);
     }
     if (check_tensors() != 0) {
