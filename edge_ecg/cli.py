@@ -35,10 +35,22 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def cmd_data_info(args) -> int:
     from edge_ecg.data import load_ptbxl
 
+    from edge_ecg.data.ptbxl import group_skipped
+
     ds = load_ptbxl(args.data, args.rate, cache_dir=args.cache_dir, strict=args.strict, progress=not args.json)
     info = ds.summary()
+    info["skipped_by_reason"] = group_skipped(info["skipped"])
+    # a folder with the tables but no readable record (e.g. no records100/) is an error, after the summary
+    readable = info["records"] - len(info["skipped"])
+    failure = None
+    if readable <= 0:
+        top = info["skipped_by_reason"][0]["reason"] if info["skipped_by_reason"] else "the table lists none"
+        failure = (f"{info['root']}: none of the {info['records']} records listed in its table is readable "
+                   f"({top}); is it the whole PTB-XL folder? Get one with `edge-ecg data download --dest DIR`")
     if args.json:
         _print_json(info)
+        if failure:
+            raise CliError(failure)
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -58,11 +70,19 @@ def cmd_data_info(args) -> int:
     for c, n in info["per_class"].items():
         classes.add_row(c, str(n))
     con.print(classes)
-    for kind in ("skipped", "suspicious"):
-        for item in info[kind]:
-            con.print(f"[yellow]{kind}[/] ecg_id {item['ecg_id']}: {item['reason']}", highlight=False)
+    # skipped records by reason, a few examples each (--json lists every one): thousands of lines hid the cause
+    for group in info["skipped_by_reason"]:
+        con.print(f"[yellow]skipped[/] {group['records']} record(s): {group['reason']}", highlight=False)
+        for example in group["examples"]:
+            con.print(f"    e.g. {example}", highlight=False, soft_wrap=True)
+        if group["records"] > len(group["examples"]):
+            con.print(f"    ... and {group['records'] - len(group['examples'])} more (--json lists them all)", highlight=False)
+    for item in info["suspicious"]:
+        con.print(f"[yellow]suspicious[/] ecg_id {item['ecg_id']}: {item['reason']}", highlight=False)
     if info["unlabelled_ids"]:
         con.print(f"no diagnostic superclass (left out): ecg_id {', '.join(map(str, info['unlabelled_ids']))}")
+    if failure:
+        raise CliError(failure)
     return 0
 
 
@@ -266,7 +286,7 @@ def cmd_bench(args) -> int:
 
     emulator = None if args.port else (args.emulator or "tflm")
     try:
-        summary = bench(args.run, port=args.port, baud=args.baud, emulator=emulator, limit=args.limit, resume=args.resume,
+        summary = bench(args.run, port=args.port, baud=args.baud, emulator=emulator, limit=args.limit, fresh=args.fresh,
                         retries=args.retries, timeout=args.timeout, warmup=args.warmup, load=args.load,
                         allow_mismatch=args.allow_mismatch, runtime=args.runtime, tflm_src=args.tflm_src,
                         arena_bytes=args.arena_bytes)
@@ -297,6 +317,24 @@ def _usb_id(value: str) -> int:
         return int(value, 16)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a hexadecimal USB id such as 10c4 or 0x10C4, got {value!r}") from None
+
+
+def cmd_federate(args) -> int:
+    from edge_ecg.federate import FederateConfig, federate, format_score
+
+    compare = () if args.compare == "none" else tuple(c for c in args.compare.split(",") if c)
+    config = FederateConfig(
+        data=str(Path(args.data).resolve()) if args.data else None, rate=args.rate, site_by=args.site_by, blank=args.blank,
+        arch=args.arch, arch_kwargs=_parse_arch_args(args.arch_arg), rounds=args.rounds, local_epochs=args.local_epochs,
+        clients_per_round=args.clients_per_round, strategy=args.strategy, proximal_mu=args.proximal_mu, batch_norm=args.batch_norm,
+        batch_size=args.batch_size, learning_rate=args.lr, augment=not args.no_augment, seed=args.seed,
+        site_train_limit=args.site_train_limit, compare=compare, n_boot=args.n_boot,
+    )
+    report = federate(args.run, config, verbose=args.verbose)
+    for name, score in report["test_macro_auc"]["pooled"].items():
+        print(f"{name:12s} pooled test macro AUC {format_score(score)}")
+    print(f"report -> {Path(args.run) / 'federate_report.md'}")
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -460,11 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "emulator (--emulator), read outputs and device timestamps, and report per-record "
                                    "latency (median, p90, min, max; warm-up excluded), macro AUC from the device's outputs "
                                    "and, for every record, whether its int8 outputs equal the host emulator's. Results are "
-                                   "appended to RUN/bench/<backend>.jsonl as they arrive; --resume continues. Exit status "
+                                   "appended to RUN/bench/<backend>.jsonl as they arrive: rerun the same command and it continues "
+                                   "(--fresh starts over). Exit status "
                                    "1 when any device output differs from the emulator's (unless --allow-mismatch) or no "
                                    "record completed; the summary RUN/bench/<backend>.json is written either way. Records "
                                    "that failed after their retries are listed and do not change the exit status "
-                                   "(--resume runs them again).")
+                                   "(rerunning runs them again).")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder with an export/")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0")
@@ -474,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "firmware in QEMU (instruction-counted); board (aot) and qemu need `export --runtime aot`")
     p.add_argument("--baud", type=int, default=921600, help="(default: 921600)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N test records")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted benchmark")
+    p.add_argument("--fresh", action="store_true", help="delete this backend's results and start over (default: continue them)")
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the old flag: continuing is now the default
     p.add_argument("--retries", type=int, default=3, help="attempts per record after a fault (default: 3)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply (default: 5)")
     p.add_argument("--warmup", type=int, default=3, help="untimed inferences before the first timed one (default: 3)")
@@ -514,6 +554,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N test records")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_mlperf)
+
+    p = sub.add_parser("federate", help="federated training across PTB-XL sites on Flower (simulation), with baselines",
+                       description="Split PTB-XL into sites by a metadata column (each keeps its own folds 1-8/9/10 and "
+                                   "standardization), train with FedAvg or FedProx in a Flower simulation, and report per-site "
+                                   "and pooled test macro AUC with intervals against local-only and centralized training, "
+                                   "bytes sent per round and AUC per round. See edge_ecg/federate.py for the site rules.")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder for the results")
+    p.add_argument("--data", metavar="DIR", help="PTB-XL folder (default: $EDGE_ECG_DATA, else ./data/ptbxl)")
+    p.add_argument("--rate", type=int, choices=(100, 500), default=100, help="sampling rate (default: 100)")
+    p.add_argument("--site-by", choices=("device", "site"), default="device",
+                   help="device: recorder family (CS-12, AT-6); site: recording site number (default: device)")
+    p.add_argument("--blank", choices=("unknown", "drop"), default="unknown",
+                   help="records with a blank site column: their own site 'unknown' (default) or left out")
+    p.add_argument("--arch", default="dscnn", help="architecture (default: dscnn)")
+    p.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE", help="architecture keyword argument, repeatable")
+    p.add_argument("--rounds", type=int, default=10, help="federated rounds (default: 10)")
+    p.add_argument("--local-epochs", type=int, default=2, help="epochs each client trains per round (default: 2)")
+    p.add_argument("--clients-per-round", type=int, metavar="K", help="sites sampled per round (default: all)")
+    p.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg", help="Flower strategy (default: fedavg)")
+    p.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx's proximal weight (default: 0.01)")
+    p.add_argument("--batch-norm", choices=("global", "local"), default="global",
+                   help="global: BatchNormalization weights averaged like the rest; local: kept on each site (FedBN)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of each local stint, cosine decay (default: 2e-3)")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--site-train-limit", type=int, metavar="N", help="first N training records of each site (quick checks)")
+    p.add_argument("--compare", default="local,centralized",
+                   help="baselines trained for as many epochs as each client: local, centralized, both (default) or none")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the intervals (default: 1000)")
+    p.set_defaults(func=cmd_federate)
 
     p = sub.add_parser("run", help="the whole pipeline: data, train, compress, export, build, bench (emulator)",
                        description="Run every stage on one run folder; rerun the same command to resume.")

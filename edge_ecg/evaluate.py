@@ -107,7 +107,9 @@ def markdown_report(run: Path, report: dict) -> str:
     lines = [
         f"# {report['arch']} — test fold {report['test_fold']} ({t['records']} records)",
         "",
-        f"- parameters: {mod['params']:,}; multiply-accumulates per record: {mod['macs']:,}; est. int8 bytes: {mod['int8_bytes']:,}",
+        f"- parameters: {mod['params']:,}; multiply-accumulates per record: {mod['macs']:,}; int8 weight bytes (estimate: "
+        f"int8 weights, int32 biases, float32 per-channel scales): {mod['int8_bytes']:,} (the exported `.tflite` is larger: "
+        "it adds the graph, tensor metadata and zero points)",
         f"- **macro AUC {t['macro_auc']:.4f}** (95 % bootstrap interval {lo:.4f}–{hi:.4f})",
         f"- Fmax {t['fmax']:.4f} at threshold {t['fmax_threshold']:.2f} (PTB-XL benchmark definition)",
         f"- exact-match (sample-wise) accuracy {t['exact_match_accuracy']:.4f} with thresholds tuned on fold {report['val_fold']}",

@@ -117,6 +117,11 @@ KEPT_ON_RERENDER = ("build", "managed_components", "dependencies.lock", "sdkconf
 # when a project is rendered again for another runtime, whose manifest differs.
 DEPENDENCIES = ("managed_components", "dependencies.lock")
 BUILD_RECORD = "build.json"
+# Written into every project in place of the template's README (which describes the template,
+# not a project); PROTOCOL.md is copied beside it so the README's link resolves.
+PROJECT_README = "README.md"
+PROJECT_PROTOCOL = "PROTOCOL.md"
+TARGET_NAMES = {"esp32": "ESP32", "esp32s3": "ESP32-S3", "esp32c3": "ESP32-C3"}
 
 # USB vendor IDs of ESP32 boards' serial ports: the chip's own USB (ESP32-S3,
 # ESP32-C3 USB-Serial-JTAG) and the USB-UART bridges dev boards carry.
@@ -302,6 +307,79 @@ def _project_files(export: Path, runtime: str = "tflm") -> dict[str, Path | byte
     return files
 
 
+def project_readme(run: Path, target: str, runtime: str, export: Path, model_sha256: str) -> str:
+    """The README of a rendered project: what it runs (target, runtime, model, memory) and how to build, flash and bench it."""
+    run_arg = shlex.quote(str(run))
+    aot = " --runtime aot" if runtime == "aot" else ""
+    model_bytes = (export / TFLITE_FILE).stat().st_size
+    if runtime == "tflm":
+        macro = TARGET_ARENA_MACROS[target]
+        arena = _model_macros(export / "model_config.h")[macro]
+        runtime_line = (f"TensorFlow Lite Micro (espressif/esp-tflite-micro {esp_tflite_micro_version()}, "
+                        f"ESP-NN kernels; `main/tflm_runner.cc`)")
+        scratch = ", ESP-NN's conv scratch included" if target == "esp32s3" else ""
+        memory = (f"| tensor arena | {int(arena):,} B (`{macro}`, measured by `edge-ecg export`{scratch}); in PSRAM "
+                  f"when the board has it, else internal RAM (menuconfig: `ECG_ARENA_INTERNAL_FIRST`) |"
+                  if arena.isdigit() else f"| tensor arena | `{macro}` = {arena} |")
+    else:
+        activation = _model_macros(export / AOT_EXPORT_DIR / "ecg_model.h")["ECG_MODEL_ACTIVATION_BYTES"]
+        runtime_line = "the ahead-of-time C model of `edge-ecg export --runtime aot` (`main/aot_runner.c`; no TFLite Micro)"
+        shown = f"{int(activation):,} B" if activation.isdigit() else activation
+        memory = f"| activations | {shown} in one static buffer in internal RAM (`ECG_MODEL_ACTIVATION_BYTES`); weights in flash |"
+    return f"""# edge-ecg benchmark firmware: {TARGET_NAMES[target]}, {runtime}
+
+Written by `edge-ecg build` (edge-ecg {__version__}) from the run `{run}`; rendering again rewrites this
+project, so change the run or the template (`firmware/esp32` of edge-ecg's source tree), not these files.
+The firmware runs the run's int8 ECG model and serves the benchmark protocol ([PROTOCOL.md](PROTOCOL.md): MLPerf
+Tiny / EEMBC commands plus edge-ecg's `info%`, binary load and raw int8 results).
+
+| | |
+|---|---|
+| target | {TARGET_NAMES[target]} (`{target}`); ESP-IDF v5.1 or later |
+| runtime | {runtime_line} |
+| model | {model_bytes:,} B int8 `.tflite`, SHA-256 `{model_sha256}` (reported by `info%`; `edge-ecg bench` refuses a board running another) |
+{memory}
+| serial | UART0 at {UART_BAUD} baud, 8N1 (the dev board's USB-UART bridge); menuconfig → *edge-ecg benchmark* changes it |
+
+## Build and flash
+
+With ESP-IDF installed (`. $IDF_PATH/export.sh`), from edge-ecg's checkout:
+
+```bash
+edge-ecg build --run {run_arg} --target {target}{aot}     # renders this folder again, then idf.py build
+edge-ecg flash --run {run_arg} --target {target}          # idf.py flash, or esptool with build/flasher_args.json
+```
+
+Or in this folder, on any machine with ESP-IDF:
+
+```bash
+idf.py set-target {target}
+idf.py build flash
+```
+
+## Benchmark
+
+```bash
+edge-ecg bench --run {run_arg} --port /dev/ttyUSB0        # latency, macro AUC, parity with the host emulator
+```
+
+Results are appended to `{run}/bench/serial-<port>.jsonl` as they arrive, the summary goes to
+`serial-<port>.json`; rerun the same command to continue an interrupted benchmark, `--fresh` starts over.
+
+## What is where
+
+| path | |
+|---|---|
+| `main/main.cc`, `main/th_esp32.cc`, `main/{RUNNERS[runtime].split("/")[1]}` | the ESP32 port and its model runner |
+| `main/core/` | the portable benchmark core (C99) |
+| `main/model/` | the run's export: model sources, `model_config.h`, `export.json` |
+| `build.json` | target, runtime, model hash and every file's SHA-256, as rendered |
+
+Serial-line details (boot output, console) and the `sdkconfig.defaults` settings are described in
+`firmware/esp32/README.md` of edge-ecg's source tree.
+"""
+
+
 def _previous_record(project: Path) -> dict:
     """build.json of an earlier render; {} for a new or empty folder; refuses any other folder."""
     if not project.exists():
@@ -393,7 +471,10 @@ def render(
     model_sha256 = _check_same_model(run, export, runtime)
 
     project.mkdir(parents=True, exist_ok=True)
-    _sync(project, _project_files(export, runtime))
+    files = _project_files(export, runtime)
+    files[PROJECT_README] = project_readme(run, target, runtime, export, model_sha256).encode()
+    files[PROJECT_PROTOCOL] = CORE_DIR / "PROTOCOL.md"
+    _sync(project, files)
     files = _file_list(project)
 
     # The component manager's downloads and lock follow idf_component.yml,

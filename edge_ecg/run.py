@@ -1,7 +1,9 @@
 """The whole pipeline on one run folder: data, train, compress, export, firmware, bench on the emulator.
 
-Each stage is the same call the CLI makes for it, and each resumes: rerunning the
-command after an interruption continues where it stopped.
+Each stage is the same call the CLI makes for it, and the pipeline follows the one resume
+rule: rerunning the command continues where it stopped. Training and compression resume
+epoch by epoch and reuse finished stages; evaluation and export are skipped when their
+outputs are complete and were made from the current model; bench continues its JSONL.
 """
 
 from __future__ import annotations
@@ -60,7 +62,11 @@ def run_pipeline(
 
     say(f"2/6 train {arch} ({p['epochs']} epochs max)")
     state = train(run, config, dataset=dataset, progress=progress)
-    report = evaluate(run, dataset=dataset)
+    report = current_evaluation(run)
+    if report is None:
+        report = evaluate(run, dataset=dataset)
+    else:
+        say("   evaluation is current (metrics.json newer than model.keras): kept")
     stages["train"] = {"best_epoch": state["best_epoch"], "val_auc": state["best_auc"], "test_macro_auc": report["test"]["macro_auc"]}
 
     say("3/6 compress (quantization-aware training)")
@@ -68,7 +74,11 @@ def run_pipeline(
     stages["compress"] = {s["name"]: {"val_auc": s["val_auc"], "sparsity": s["sparsity"]} for s in comp["stages"]}
 
     say("4/6 export (int8, TFLite Micro check, C sources)")
-    exp = export(run, dataset=dataset, progress=progress)
+    exp = current_export(run)
+    if exp is None:
+        exp = export(run, dataset=dataset, progress=progress)
+    else:
+        say(f"   export is current (made from {exp['model']}, sha256 {exp['model_sha256'][:12]}): kept")
     stages["export"] = {"tflite_bytes": exp["tflite"]["bytes"], "arena_bytes": exp["arena"]["recommended_bytes"], **exp["parity"]}
 
     say(f"5/6 firmware for {target}")
@@ -76,8 +86,45 @@ def run_pipeline(
     stages["build"] = {"project_dir": fw["project_dir"], "built": fw["built"], "commands": fw.get("commands")}
 
     say("6/6 bench on the TFLite Micro host emulator")
-    summary = bench(run, emulator="tflm", resume=True, dataset=dataset, progress=progress)
+    from edge_ecg.bench.runner import read_jsonl
+    from edge_ecg.runfolder import RunFolder
+
+    # continues its results unless they were measured on a model this export replaced
+    header, _ = read_jsonl(RunFolder(run).bench_results("emulator-tflm"))
+    fresh = header is not None and header.get("model_hash") != exp["tflite"]["sha256"]
+    summary = bench(run, emulator="tflm", fresh=fresh, dataset=dataset, progress=progress)
     stages["bench"] = {"records": summary["records"], "identical_to_reference": summary["identical_to_reference"],
                        "macro_auc": summary.get("macro_auc"), "median_latency_us": summary["latency"].get("median_us")}
     write_json(run / "pipeline.json", {"preset": preset, "arch": arch, "stages": stages})
     return stages
+
+
+def current_evaluation(run: Path) -> dict | None:
+    """metrics.json when it was written after the model it scored (training never rewrites a finished model); else None."""
+    import json
+
+    from edge_ecg.evaluate import METRICS_FILE
+    from edge_ecg.runfolder import RunFolder
+
+    metrics, model = run / METRICS_FILE, RunFolder(run).model
+    if not (metrics.is_file() and model.is_file()) or metrics.stat().st_mtime < model.stat().st_mtime:
+        return None
+    try:
+        report = json.loads(metrics.read_text())
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) and "test" in report else None
+
+
+def current_export(run: Path) -> dict | None:
+    """export.json when every file it lists exists and it was made from the run's deployable model; else None."""
+    from edge_ecg.runfolder import RunError, RunFolder, sha256_file
+
+    folder = RunFolder(run)
+    try:
+        exported, model = folder.read_export(), folder.deployable_model()
+    except RunError:
+        return None
+    if exported.get("model_sha256") != sha256_file(model):  # older exports lack it: redone once
+        return None
+    return exported if all((folder.export / name).exists() for name in exported.get("files", [])) else None

@@ -24,7 +24,7 @@ def test_a_torn_last_line_is_cut_on_resume_and_every_record_is_accounted_for(tmp
     assert [r["ecg_id"] for r in read_jsonl(out)[1]] == list(range(1, 13))
 
     ran = []
-    rows = run_records(lambda d: ran.append(d[0]) or _device(d), RECORDS, out, HEADER, resume=True, progress=False)
+    rows = run_records(lambda d: ran.append(d[0]) or _device(d), RECORDS, out, HEADER, progress=False)
     assert ran == list(range(13, 21))
     assert [r["ecg_id"] for r in rows] == list(range(1, 21))
     lines = [json.loads(line) for line in out.read_text().splitlines()]  # every line parses: nothing merged
@@ -40,6 +40,14 @@ def test_a_last_line_missing_only_its_newline_is_kept(tmp_path):
     run_records(_device, RECORDS[:3], out, HEADER, progress=False)
     out.write_bytes(out.read_bytes().rstrip(b"\n"))
     ran = []
-    rows = run_records(lambda d: ran.append(d[0]) or _device(d), RECORDS[:5], out, HEADER, resume=True, progress=False)
+    rows = run_records(lambda d: ran.append(d[0]) or _device(d), RECORDS[:5], out, HEADER, progress=False)
     assert ran == [4, 5] and [r["ecg_id"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(json.loads(line)["type"] != "repair" for line in out.read_text().splitlines())
+
+
+def test_latency_figures_are_rounded_to_the_nanosecond():
+    from edge_ecg.bench.runner import latency_stats
+
+    stats = latency_stats([2696.381500015832, 2700.0004999, 1000.0])
+    assert stats["median_us"] == 2696.382 and stats["max_us"] == 2700.0 and stats["min_us"] == 1000.0
+    assert all(len(repr(v).split(".")[1]) <= 3 for k, v in stats.items() if k != "records")

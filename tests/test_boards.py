@@ -145,7 +145,7 @@ def test_bench_on_the_virtual_board_never_imports_tensorflow(run, ptbxl_dir):
     code = (
         "import sys\n"
         "from edge_ecg.bench import bench\n"
-        f"s = bench({str(run)!r}, emulator='board', limit=2, progress=False, resume=True, timeout=20.0)\n"
+        f"s = bench({str(run)!r}, emulator='board', limit=2, progress=False, timeout=20.0)\n"
         "assert s['ok'] == 2, s\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras')))\n"
     )

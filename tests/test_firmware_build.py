@@ -204,7 +204,7 @@ def test_build_without_idf_renders_a_complete_project(run, no_idf, capsys):
     assert result["project_dir"] == str(project) and result["built"] is False
 
     expected = {
-        "CMakeLists.txt", "README.md", "build.json",
+        "CMakeLists.txt", "README.md", "PROTOCOL.md", "build.json",
         "sdkconfig.defaults", "sdkconfig.defaults.esp32s3", "sdkconfig.defaults.esp32c3",
         "main/CMakeLists.txt", "main/idf_component.yml", "main/Kconfig.projbuild",
         "main/main.cc", "main/th_esp32.cc", "main/th_esp32.h", "main/tflm_runner.cc", "main/model_runner.h",
@@ -233,6 +233,29 @@ def test_build_without_idf_renders_a_complete_project(run, no_idf, capsys):
     command = f"cd {project} && idf.py set-target esp32s3 && idf.py build flash monitor -B 921600"
     assert result["commands"] == [command]
     assert command in capsys.readouterr().out
+
+
+def test_the_rendered_project_has_its_own_readme_and_the_protocol_it_links(run, aot_run, no_idf, tmp_path):
+    import re
+
+    project = Path(fw.build(run, "esp32s3")["project_dir"])
+    readme = (project / "README.md").read_text()
+    assert readme != (fw.TEMPLATE_DIR / "README.md").read_text() and "does not build as it stands" not in readme
+    assert readme.startswith("# edge-ecg benchmark firmware: ESP32-S3, tflm\n")
+    arena = int(fw._model_macros(run / "export" / "model_config.h")["ECG_ARENA_BYTES_ESP32S3"])
+    assert f"| tensor arena | {arena:,} B (`ECG_ARENA_BYTES_ESP32S3`" in readme
+    assert hashlib.sha256(MODEL_BYTES).hexdigest() in readme
+    for command in (f"edge-ecg build --run {run} --target esp32s3", f"edge-ecg flash --run {run} --target esp32s3",
+                    "idf.py set-target esp32s3", f"edge-ecg bench --run {run} --port /dev/ttyUSB0"):
+        assert command in readme, command
+    for link in re.findall(r"\]\(([^)#]+)\)", readme):  # every relative link resolves inside the project
+        assert "://" in link or (project / link).is_file(), link
+    assert (project / "PROTOCOL.md").read_bytes() == (CORE / "PROTOCOL.md").read_bytes()
+
+    aot = (Path(fw.build(aot_run, "esp32c3", runtime="aot", out=tmp_path / "aot")["project_dir"]) / "README.md").read_text()
+    activation = int(fw._model_macros(aot_run / "export" / "aot" / "ecg_model.h")["ECG_MODEL_ACTIVATION_BYTES"])
+    assert aot.startswith("# edge-ecg benchmark firmware: ESP32-C3, aot\n") and "tensor arena" not in aot
+    assert f"| activations | {activation:,} B" in aot and "--target esp32c3 --runtime aot" in aot
 
 
 def test_out_folder_and_default_target(run, no_idf, tmp_path):
@@ -292,7 +315,7 @@ def test_aot_render_has_the_aot_model_and_no_tflite_micro(aot_run, no_idf, tmp_p
 
     model = {"model_config.h", "export.json", "ecg_model.c", "ecg_model.h"}
     expected = {
-        "CMakeLists.txt", "README.md", "build.json",
+        "CMakeLists.txt", "README.md", "PROTOCOL.md", "build.json",
         "sdkconfig.defaults", "sdkconfig.defaults.esp32s3", "sdkconfig.defaults.esp32c3",
         "main/CMakeLists.txt", "main/idf_component.yml", "main/Kconfig.projbuild", "main/ecg_runtime.cmake",
         "main/main.cc", "main/th_esp32.cc", "main/th_esp32.h", "main/aot_runner.c", "main/model_runner.h",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -44,14 +45,23 @@ def test_each_stage_leaves_its_artifacts(pipeline_run):
     assert json.loads(lines[0])["model_hash"] == exported["tflite"]["sha256"] and len(lines) == 13
 
 
-def test_bench_resumes_and_refuses_to_overwrite(pipeline_run, capsys):
-    assert main(["bench", "--run", str(pipeline_run), "--emulator", "--limit", "12"]) == 1
-    assert "--resume" in capsys.readouterr().err
-    assert main(["bench", "--run", str(pipeline_run), "--emulator", "--resume"]) == 0  # the other 114 records
+def test_rerunning_bench_continues_and_fresh_starts_over(pipeline_run):
+    jsonl = pipeline_run / "bench" / "emulator-tflm.jsonl"
+    before = jsonl.read_bytes()
+    assert main(["bench", "--run", str(pipeline_run), "--emulator", "--limit", "12"]) == 0  # the same command: nothing to run
+    assert jsonl.read_bytes() == before
+    assert main(["bench", "--run", str(pipeline_run), "--emulator", "--resume"]) == 0  # the old flag, accepted: the other 114 records
     summary = json.loads((pipeline_run / "bench" / "emulator-tflm.json").read_text())
     assert summary["ok"] == summary["records"] == 126
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == 1 + 126 and lines[:13] == before.decode().splitlines()  # the first 12 kept, none repeated
+    assert main(["bench", "--run", str(pipeline_run), "--emulator", "--limit", "5", "--fresh"]) == 0
+    assert len(jsonl.read_text().splitlines()) == 1 + 5  # deleted and started over
+    summary = json.loads((pipeline_run / "bench" / "emulator-tflm.json").read_text())
+    assert summary["ok"] == summary["records"] == 5
 
 
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (Debian: apt-get install gcc) to build the host port")
 def test_a_device_with_another_models_hash_is_refused(pipeline_run, tmp_path):
     exe = build_host_port(tmp_path)  # the checksum runner reports hash "checksum-runner"
     processes = []
@@ -106,10 +116,10 @@ def test_bench_fails_on_an_output_that_differs_from_the_emulator_unless_allowed(
     assert summary["ok"] == 4 and [m["ecg_id"] for m in summary["mismatches"]] == [ids[1]]
     assert summary["parity_check"].startswith("failed") and summary["allow_mismatch"] is False
     with pytest.raises(ParityError) as caught:
-        bench(run, emulator="tflm", limit=4, resume=True, progress=False)
+        bench(run, emulator="tflm", limit=4, progress=False)
     assert caught.value.summary["identical_to_reference"] == 3
 
-    assert main(["bench", "--run", str(run), "--emulator", "--limit", "4", "--resume", "--allow-mismatch"]) == 0
+    assert main(["bench", "--run", str(run), "--emulator", "--limit", "4", "--allow-mismatch"]) == 0
     assert "parity: 1 mismatches allowed by --allow-mismatch" in capsys.readouterr().out
     summary = json.loads((run / "bench" / "emulator-tflm.json").read_text())
     assert summary["allow_mismatch"] is True and summary["parity_check"].startswith("1 mismatches allowed by --allow-mismatch")
@@ -125,3 +135,47 @@ def test_parity_check_judges_completed_records_only():
     assert parity_check({"records": 3, "ok": 0, "mismatches": []}, allow_mismatch=True) == (
         False, "failed: none of 3 records completed, nothing was compared")
     assert "output length differs" in parity_check({"records": 1, "ok": 1, "mismatches": [{"ecg_id": 7, "max_lsb": None}]})[1]
+
+
+def test_edge_ecg_run_keeps_an_export_made_from_the_current_model_only(pipeline_run, tmp_path):
+    import shutil
+
+    from edge_ecg.run import current_export
+
+    exported = current_export(pipeline_run)
+    assert exported is not None and exported["model"] == "compress/final.h5"
+    run = tmp_path / "run"  # a copy to damage: the export and the model it was made from
+    shutil.copytree(pipeline_run / "export", run / "export")
+    (run / "compress").mkdir()
+    shutil.copy(pipeline_run / "compress" / "final.h5", run / "compress" / "final.h5")
+    assert current_export(run) == exported
+    (run / "export" / "model_config.h").unlink()  # incomplete: a listed file is missing
+    assert current_export(run) is None
+    shutil.copy(pipeline_run / "export" / "model_config.h", run / "export" / "model_config.h")
+    with open(run / "compress" / "final.h5", "ab") as fh:  # compression made another model since
+        fh.write(b"\0")
+    assert current_export(run) is None
+
+
+def test_edge_ecg_run_keeps_an_evaluation_newer_than_the_model_only(tmp_path):
+    import os
+
+    from edge_ecg.run import current_evaluation
+
+    (tmp_path / "model.keras").write_bytes(b"model")
+    assert current_evaluation(tmp_path) is None  # never evaluated
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"macro_auc": 0.8}}))
+    assert current_evaluation(tmp_path) == {"test": {"macro_auc": 0.8}}
+    later = (tmp_path / "metrics.json").stat().st_mtime + 10
+    os.utime(tmp_path / "model.keras", (later, later))  # retrained after the evaluation
+    assert current_evaluation(tmp_path) is None
+
+
+def test_the_report_says_what_its_int8_bytes_count_and_the_bench_summary_is_rounded(pipeline_run):
+    report = (pipeline_run / "report.md").read_text()
+    assert "int8 weight bytes (estimate: int8 weights, int32 biases, float32 per-channel scales)" in report
+    assert "the exported `.tflite` is larger" in report
+    latency = json.loads((pipeline_run / "bench" / "emulator-tflm.json").read_text())["latency"]
+    assert all(round(v, 3) == v for k, v in latency.items() if k != "records")
+    rows = [json.loads(line) for line in (pipeline_run / "bench" / "emulator-tflm.jsonl").read_text().splitlines()[1:]]
+    assert all(round(r["latency_us"], 3) == r["latency_us"] for r in rows)

@@ -49,7 +49,7 @@ def board(run, tmp_path_factory):
 
 
 def _fresh_bench(run: Path) -> None:
-    """Forget the TFLM board's previous results: a bench without resume refuses to overwrite them."""
+    """Forget the TFLM board's previous results: a bench would continue them (bench(fresh=True) does the same)."""
     (run / "bench" / "emulator-board-tflm.jsonl").unlink(missing_ok=True)
 
 

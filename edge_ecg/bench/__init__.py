@@ -14,7 +14,7 @@ appends results to JSONL as they arrive. :func:`bench` ties them to a run folder
 A device output that differs from the emulator's fails the benchmark (:class:`ParityError`,
 after the summary is written) unless ``allow_mismatch``; so does a benchmark in which no
 record completed. Records that failed after their retries are listed and leave the verdict
-alone: ``resume`` runs them again.
+alone: running the benchmark again runs them again.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _tflm_backend(run: Path, exported: dict, warmup: int = 0) -> Callable[[bytes
         start = time.perf_counter()
         interpreter.invoke()
         elapsed = (time.perf_counter() - start) * 1e6
-        return RecordOutcome(status="ok", int8=interpreter.get_output(0).reshape(-1).tolist(), latency_us=elapsed, attempts=1)
+        return RecordOutcome(status="ok", int8=interpreter.get_output(0).reshape(-1).tolist(), latency_us=round(elapsed, 3), attempts=1)
 
     return run_one
 
@@ -148,7 +148,8 @@ def bench(
     emulator: str | None = None,
     connect: Callable | None = None,
     limit: int | None = None,
-    resume: bool = False,
+    resume: bool = True,
+    fresh: bool = False,
     retries: int = 3,
     timeout: float = 5.0,
     warmup: int = 3,
@@ -168,7 +169,9 @@ def bench(
     instructions) take the serial path a real board takes; both need
     ``export --runtime aot``. A device must report the exported model's hash (``info%``), or nothing
     is compared. Results go to ``run/bench/<backend>.jsonl`` as they arrive;
-    ``resume`` continues an interrupted benchmark.
+    a second call continues them (the records without an ``ok`` line run); ``fresh`` deletes
+    this backend's results and summary first and starts over. ``resume`` is accepted and
+    ignored (continuing is the default; it was once required).
 
     ``emulator="board"`` with ``runtime="tflm"`` runs the ESP32 port's TFLite Micro runner
     (``firmware/esp32/main/tflm_runner.cc``) on the host port instead of the AOT model,
@@ -240,8 +243,11 @@ def bench(
     header = {"backend": backend, "model_hash": model_hash, "device": info, "records": len(records),
               "latency_clock": clock.get(emulator, "device timestamps (m-lap-us)")}
     folder = RunFolder(run)
+    if fresh:  # deleted, not kept aside: a benchmark is cheap to repeat and stale files would be mistaken for results
+        folder.bench_results(backend).unlink(missing_ok=True)
+        folder.bench_summary(backend).unlink(missing_ok=True)
     try:
-        rows = run_records(run_one, records, folder.bench_results(backend), header, resume=resume, progress=progress)
+        rows = run_records(run_one, records, folder.bench_results(backend), header, progress=progress)
     finally:
         if session is not None:
             session.close()

@@ -1,9 +1,9 @@
 """The record loop of a benchmark: results appended to JSONL as they arrive, resumable, summarized.
 
 The JSONL file's first line is a header (backend, model hash, device info); each
-further line is one record. An interrupted benchmark keeps every finished line, and
-``resume=True`` runs only the records without an ``ok`` line — against the same model
-hash, or not at all. A line torn by a crash is cut off before anything is appended
+further line is one record. An interrupted benchmark keeps every finished line, and the
+next call runs only the records without an ``ok`` line — against the same model hash, or
+not at all (starting over is the caller's: it deletes the file, ``bench(fresh=True)``). A line torn by a crash is cut off before anything is appended
 (appending after it would merge the next record into an unreadable line) and the cut
 is recorded as a ``repair`` line.
 """
@@ -95,19 +95,16 @@ def run_records(
     jsonl: Path,
     header: dict,
     *,
-    resume: bool = False,
     progress: bool = True,
 ) -> list[dict]:
-    """Run every record not yet done, appending one JSON line per record; return all record lines."""
+    """Run every record not yet done (continuing ``jsonl``), appending one JSON line per record; return all record lines."""
     from edge_ecg.progress import track
 
     old_header, old_rows = read_jsonl(jsonl)
-    if old_header is not None and not resume:
-        raise BenchError(f"{jsonl} already holds results; pass --resume to continue it, or remove it to start again")
     if old_header is not None and old_header.get("model_hash") != header.get("model_hash"):
         raise BenchError(
             f"{jsonl} holds results of model {old_header.get('model_hash')}, this run's model is "
-            f"{header.get('model_hash')}; results of two models are never mixed: remove the file to start again"
+            f"{header.get('model_hash')}; results of two models are never mixed: pass --fresh to start again (its results are deleted)"
         )
     done = {r["ecg_id"] for r in old_rows if r["status"] == "ok"}
     jsonl.parent.mkdir(parents=True, exist_ok=True)
@@ -139,13 +136,14 @@ def latency_stats(values_us: Sequence[float]) -> dict:
     if not values_us:
         return {"records": 0}
     v = np.asarray(values_us, dtype=np.float64)
+    # to the nanosecond: boards count whole microseconds, the host's clock resolves ns, more digits are noise
     return {
         "records": int(len(v)),
-        "median_us": float(np.median(v)),
-        "p90_us": float(np.percentile(v, 90)),
-        "min_us": float(v.min()),
-        "max_us": float(v.max()),
-        "mean_us": float(statistics.fmean(v)),
+        "median_us": round(float(np.median(v)), 3),
+        "p90_us": round(float(np.percentile(v, 90)), 3),
+        "min_us": round(float(v.min()), 3),
+        "max_us": round(float(v.max()), 3),
+        "mean_us": round(float(statistics.fmean(v)), 3),
     }
 
 

@@ -15,7 +15,6 @@ destination (no absolute path, no ``..``, nothing resolving outside it).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import urllib.error
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from edge_ecg import settings
 from edge_ecg.data.ptbxl import DATABASE_CSV, RATES, STATEMENTS_CSV, DataError
+from edge_ecg.runfolder import sha256_file
 
 SUMS_FILE = "SHA256SUMS.txt"
 PTBXL_103_SUMS_SHA256 = "b7224b92b341511ec3ceb13dc6652079b2c36a06504bcb49506f157f51dc695d"
@@ -101,12 +101,7 @@ def files_for_rate(sums: dict[str, str], rate: int) -> list[str]:
     return [f for f in sums if f in TOP_LEVEL_FILES or f.startswith(prefix)]
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = sha256_file  # one SHA-256 of a file for the whole package (edge_ecg.runfolder)
 
 
 def download_ptbxl(

@@ -15,6 +15,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
@@ -46,6 +47,35 @@ class RecordIssue:
     ecg_id: int
     reason: str
     kind: str = "skipped"
+
+
+# "<file>: <why>" as the readers word a skip reason; the file's own name is left out of the grouping key.
+_REASON = re.compile(r"^(?P<file>[^:]*?)(?P<ext>\.(?:hea|dat|mat|csv))?: (?P<why>.*)$", re.S)
+
+
+def skip_reason_kind(reason: str) -> str:
+    """The kind of a skip reason, the same for every record it hits: the file's extension and the
+    problem, without the file name, quoted values or a parenthesized detail
+    (``/d/records100/00000/00001_lr.hea: file not found`` -> ``*.hea: file not found``)."""
+    m = _REASON.match(reason)
+    why, ext = (m["why"], m["ext"]) if m else (reason, None)
+    why = re.sub(r"\s*\(.*\)\s*$", "", why, flags=re.S)  # the library's own message varies per file
+    why = re.sub(r"'[^']*'|\"[^\"]*\"", "...", why)
+    if ext == ".csv":  # one of the tables: its name is the kind
+        return f"{Path(m['file']).name}{ext}: {why}"
+    return f"*{ext}: {why}" if ext else why
+
+
+def group_skipped(skipped: Iterable[dict], examples: int = 3) -> list[dict]:
+    """Skipped records (``{"ecg_id", "reason"}`` items of a summary) grouped by :func:`skip_reason_kind`,
+    most frequent first: ``{"reason": kind, "records": n, "examples": [first few reasons]}``."""
+    groups: dict[str, dict] = {}
+    for item in skipped:
+        g = groups.setdefault(skip_reason_kind(item["reason"]), {"records": 0, "examples": []})
+        g["records"] += 1
+        if len(g["examples"]) < examples:
+            g["examples"].append(item["reason"])
+    return [{"reason": k, **v} for k, v in sorted(groups.items(), key=lambda kv: -kv[1]["records"])]
 
 
 @dataclass

@@ -40,7 +40,7 @@ from edge_ecg.export.arena import target_arenas
 from edge_ecg.export.csources import SOURCE_FILES, c_sources, sha256, write_c_sources
 from edge_ecg.export.emulator import litert_run, measure_arena, tflm_run
 from edge_ecg.preprocess import clip_inputs, dequantize_output, quantize_input
-from edge_ecg.runfolder import EXPORT_DIR, EXPORT_FILE, TEST_IDS_FILE, TEST_OUTPUTS_FILE, TFLITE_FILE, RunFolder
+from edge_ecg.runfolder import EXPORT_DIR, EXPORT_FILE, TEST_IDS_FILE, TEST_OUTPUTS_FILE, TFLITE_FILE, RunFolder, sha256_file
 
 CLIP_CANDIDATES = (3.0, 4.0, 5.0, 6.0, 8.0, None)
 """Clipping levels (standard deviations) tried by ``clip_sigma="auto"``; None: no clipping."""
@@ -336,6 +336,7 @@ def export(
     result = {
         "edge_ecg": __version__,
         "model": model_name,
+        "model_sha256": sha256_file(path),  # what `edge-ecg run` compares to tell a current export from a stale one
         "quantization_aware": bool(is_quantization_aware(model)),
         "representative": {"records": int(len(rep_idx)), "source": "training folds, evenly spaced, standardized"},
         "tflite": {
