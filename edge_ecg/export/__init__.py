@@ -57,6 +57,9 @@ REPRESENTATIVE_RECORDS = 500
 __all__ = [
     "TFLM_RESOLVER",
     "ExportError",
+    "calibrate",
+    "litert_parity",
+    "tflm_test_outputs",
     "MAX_VAL_AUC_DROP",
     "c_sources",
     "check_tflite",
@@ -130,6 +133,100 @@ def representative_indices(n: int, limit: int = REPRESENTATIVE_RECORDS) -> np.nd
     if n <= limit:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
+
+
+def calibrate(
+    deployed,
+    output_kind: str,
+    representative: np.ndarray,
+    x_val: np.ndarray,
+    val_labels: np.ndarray,
+    p_val_float: np.ndarray,
+    *,
+    clip_sigma: float | str | None,
+    n_boot: int,
+    say=lambda text: None,
+    name: str = "model",
+) -> tuple[float | None, dict]:
+    """Convert to int8 at each clipping level and choose one on the validation fold.
+
+    Returns the chosen level and, per level tried (always including None, for the report's
+    "without clipping" row), its ``tflite``, ``io``, validation int8 outputs ``y_val_q`` and
+    probabilities ``p_val``, and the report ``row``.
+    """
+    from edge_ecg.metrics import macro_auc
+
+    candidates = CLIP_CANDIDATES if clip_sigma == "auto" else (clip_sigma,)
+    if None not in candidates:
+        candidates = (*candidates, None)
+    trials = {}
+    for clip in candidates:
+        say(f"converting {name} to int8 TFLite ({len(representative)} representative training records, "
+            f"clip {'off' if clip is None else f'±{clip:g} sd'})")
+        tflite = to_int8_tflite(deployed, clip_inputs(representative, clip))
+        io = check_tflite(tflite)
+        in_q, out_q = io["inputs"][0], io["outputs"][0]
+        y_val_q = tflm_run(tflite, quantize_input(clip_inputs(x_val, clip), in_q["scale"], in_q["zero_point"]))
+        p_val = output_probabilities(y_val_q, out_q["scale"], out_q["zero_point"], output_kind)
+        trials[clip] = {
+            "tflite": tflite, "io": io, "y_val_q": y_val_q, "p_val": p_val,
+            "row": {"clip_sigma": clip, "input_scale": in_q["scale"], "val_int8_macro_auc": macro_auc(val_labels, p_val),
+                    "val_mean_abs_diff": float(np.mean(np.abs(p_val - p_val_float)))},
+        }
+    if clip_sigma != "auto":
+        return clip_sigma, trials
+    chosen, gains = choose_clip(val_labels, {c: trials[c]["p_val"] for c in CLIP_CANDIDATES}, n_boot=n_boot)
+    for clip, gain in gains.items():
+        trials[clip]["row"]["val_gain_over_no_clip"] = gain
+    return chosen, trials
+
+
+def tflm_test_outputs(
+    trials: dict, chosen: float | None, x_test: np.ndarray, test_labels: np.ndarray, p_test_float: np.ndarray,
+    output_kind: str, *, progress: bool = False,
+) -> np.ndarray:
+    """TFLite Micro on the test fold at every clipping level tried (rows added to each trial); the chosen level's int8 outputs."""
+    from edge_ecg.metrics import macro_auc
+
+    y_chosen = None
+    for clip, trial in sorted(trials.items(), key=lambda item: item[0] != chosen):  # the chosen level first, with progress
+        t_in, t_out = trial["io"]["inputs"][0], trial["io"]["outputs"][0]
+        y = tflm_run(trial["tflite"], quantize_input(clip_inputs(x_test, clip), t_in["scale"], t_in["zero_point"]),
+                     progress=progress and clip == chosen, description="TFLM test")
+        if clip == chosen:
+            y_chosen = y
+        p = output_probabilities(y, t_out["scale"], t_out["zero_point"], output_kind)
+        trial["test_probs"] = p
+        trial["row"]["test_int8_macro_auc"] = macro_auc(test_labels, p)
+        trial["row"]["test_mean_abs_diff"] = float(np.mean(np.abs(p - p_test_float)))
+        trial["row"]["test_max_abs_diff"] = float(np.max(np.abs(p - p_test_float)))
+    return y_chosen
+
+
+def litert_parity(
+    tflite: bytes, q_test: np.ndarray, y_tflm: np.ndarray, ecg_ids: np.ndarray, *, allow_mismatch: bool = False,
+    progress: bool = False,
+) -> dict:
+    """TFLite Micro's int8 outputs against LiteRT's reference kernels (BUILTIN_REF) on the same inputs.
+
+    TFLite Micro is what the firmware runs; LiteRT is the cross-check. Measured here: a QAT dscnn
+    differed by 1 LSB on 1-2 of 126 records (TFLM and the AOT runtime agree exactly), so up to
+    LITERT_TOLERANCE_LSB is listed, more is an :class:`ExportError` unless ``allow_mismatch``.
+    """
+    y_ref = litert_run(tflite, q_test, progress=progress, description="LiteRT ref test")
+    identical = np.all(y_tflm == y_ref, axis=1)
+    lsb = np.abs(y_tflm.astype(np.int16) - y_ref.astype(np.int16)).max(axis=1)
+    if int(lsb.max(initial=0)) > LITERT_TOLERANCE_LSB and not allow_mismatch:
+        bad = np.flatnonzero(lsb > LITERT_TOLERANCE_LSB)
+        raise ExportError(
+            f"TFLite Micro and LiteRT (BUILTIN_REF) int8 outputs differ by more than {LITERT_TOLERANCE_LSB} LSB on "
+            f"{len(bad)} of {len(identical)} test records (first ecg_id {int(ecg_ids[bad[0]])}, "
+            f"{int(lsb.max())} LSB); pass allow_mismatch=True to export anyway"
+        )
+    mismatches = [{"ecg_id": int(ecg_ids[i]), "tflm": y_tflm[i].tolist(), "litert_ref": y_ref[i].tolist(), "max_lsb": int(lsb[i])}
+                  for i in np.flatnonzero(~identical)]
+    return {"identical": identical, "identical_records": int(identical.sum()), "mismatches": mismatches,
+            "max_lsb": int(lsb.max(initial=0))}
 
 
 @locks_run("export")
@@ -215,29 +312,8 @@ def export(
     x_val = standardizer.transform(split.val.signals)
     p_val_float, p_test_float = predict(model, x_val), predict(model, x_test)
     deployed, output_kind = deployable_model(model)
-    candidates = CLIP_CANDIDATES if clip_sigma == "auto" else (clip_sigma,)
-    if None not in candidates:
-        candidates = (*candidates, None)  # always measured, for the report's "without clipping" row
-    trials = {}
-    for clip in candidates:
-        say(f"converting {path.name} to int8 TFLite ({len(rep_idx)} representative training records, "
-            f"clip {'off' if clip is None else f'±{clip:g} sd'})")
-        tflite = to_int8_tflite(deployed, clip_inputs(representative, clip))
-        io = check_tflite(tflite)
-        in_q, out_q = io["inputs"][0], io["outputs"][0]
-        y_val_q = tflm_run(tflite, quantize_input(clip_inputs(x_val, clip), in_q["scale"], in_q["zero_point"]))
-        p_val = output_probabilities(y_val_q, out_q["scale"], out_q["zero_point"], output_kind)
-        trials[clip] = {
-            "tflite": tflite, "io": io, "y_val_q": y_val_q, "p_val": p_val,
-            "row": {"clip_sigma": clip, "input_scale": in_q["scale"], "val_int8_macro_auc": macro_auc(split.val.labels, p_val),
-                    "val_mean_abs_diff": float(np.mean(np.abs(p_val - p_val_float)))},
-        }
-    if clip_sigma == "auto":
-        chosen, gains = choose_clip(split.val.labels, {c: trials[c]["p_val"] for c in CLIP_CANDIDATES}, n_boot=n_boot)
-        for clip, gain in gains.items():
-            trials[clip]["row"]["val_gain_over_no_clip"] = gain
-    else:
-        chosen = clip_sigma
+    chosen, trials = calibrate(deployed, output_kind, representative, x_val, split.val.labels, p_val_float,
+                               clip_sigma=clip_sigma, n_boot=n_boot, say=say, name=path.name)
     tflite, io, y_val_q = trials[chosen]["tflite"], trials[chosen]["io"], trials[chosen]["y_val_q"]
     # the parity ladder's first rung, on validation (the test fold decides nothing): checked before any file is written
     val_float_auc, val_int8_auc = macro_auc(split.val.labels, p_val_float), trials[chosen]["row"]["val_int8_macro_auc"]
@@ -250,38 +326,14 @@ def export(
     ops = ops_in_model(tflite)
     in_q, out_q = io["inputs"][0], io["outputs"][0]
 
-    # 2. host emulation: TFLite Micro on the test fold (and without clipping, for comparison)
+    # 2. host emulation: TFLite Micro on the test fold (every clipping level, for comparison), LiteRT's cross-check
     q_test = quantize_input(clip_inputs(x_test, chosen), in_q["scale"], in_q["zero_point"])
-    y_test_q = tflm_run(tflite, q_test, progress=progress, description="TFLM test")
-    for clip, trial in trials.items():
-        t_in, t_out = trial["io"]["inputs"][0], trial["io"]["outputs"][0]
-        y = y_test_q if clip == chosen else tflm_run(trial["tflite"], quantize_input(clip_inputs(x_test, clip), t_in["scale"], t_in["zero_point"]))
-        p = output_probabilities(y, t_out["scale"], t_out["zero_point"], output_kind)
-        trial["test_probs"] = p
-        trial["row"]["test_int8_macro_auc"] = macro_auc(split.test.labels, p)
-        trial["row"]["test_mean_abs_diff"] = float(np.mean(np.abs(p - p_test_float)))
-        trial["row"]["test_max_abs_diff"] = float(np.max(np.abs(p - p_test_float)))
-    y_test_ref = litert_run(tflite, q_test, progress=progress, description="LiteRT ref test")
-    identical = np.all(y_test_q == y_test_ref, axis=1)
-    n_identical = int(identical.sum())
-    lsb = np.abs(y_test_q.astype(np.int16) - y_test_ref.astype(np.int16)).max(axis=1)
-    litert_mismatches = [
-        {"ecg_id": int(split.test.ecg_ids[i]), "tflm": y_test_q[i].tolist(), "litert_ref": y_test_ref[i].tolist(), "max_lsb": int(lsb[i])}
-        for i in np.flatnonzero(~identical)
-    ]
-    # TFLite Micro is what the firmware runs; LiteRT's reference kernels are the cross-check.
-    # Measured here: a QAT dscnn differed by 1 LSB on 1-2 of 126 records (TFLM and the AOT
-    # runtime agree exactly), so up to LITERT_TOLERANCE_LSB is listed and warned about, more is an error.
-    if int(lsb.max(initial=0)) > LITERT_TOLERANCE_LSB and not allow_mismatch:
-        bad = np.flatnonzero(lsb > LITERT_TOLERANCE_LSB)
-        raise ExportError(
-            f"TFLite Micro and LiteRT (BUILTIN_REF) int8 outputs differ by more than {LITERT_TOLERANCE_LSB} LSB on "
-            f"{len(bad)} of {len(identical)} test records (first ecg_id {int(split.test.ecg_ids[bad[0]])}, "
-            f"{int(lsb.max())} LSB); pass allow_mismatch=True to export anyway"
-        )
+    y_test_q = tflm_test_outputs(trials, chosen, x_test, split.test.labels, p_test_float, output_kind, progress=progress)
+    litert = litert_parity(tflite, q_test, y_test_q, split.test.ecg_ids, allow_mismatch=allow_mismatch, progress=progress)
+    identical, n_identical, litert_mismatches = litert["identical"], litert["identical_records"], litert["mismatches"]
     if litert_mismatches:
         say(f"[yellow]warning[/]: TFLite Micro and LiteRT BUILTIN_REF differ on {len(litert_mismatches)} of "
-            f"{len(identical)} test records, by at most {int(lsb.max())} LSB (listed in export.json)")
+            f"{len(identical)} test records, by at most {litert['max_lsb']} LSB (listed in export.json)")
     p_val = output_probabilities(y_val_q, out_q["scale"], out_q["zero_point"], output_kind)
     p_test = output_probabilities(y_test_q, out_q["scale"], out_q["zero_point"], output_kind)
     report = classification_report(split.val.labels, p_val, split.test.labels, p_test, n_boot=n_boot, seed=config.seed)
