@@ -273,7 +273,7 @@ def export(
     from edge_ecg.data import LEADS, Standardizer
     from edge_ecg.evaluate import classification_report
     from edge_ecg.metrics import macro_auc
-    from edge_ecg.progress import console
+    from edge_ecg.progress import console, status
     from edge_ecg.train import (
         STANDARDIZATION_FILE,
         TrainConfig,
@@ -340,9 +340,9 @@ def export(
     float_auc = macro_auc(split.test.labels, p_test_float)
 
     # 3. arena
-    say("measuring the TFLite Micro tensor arena")
-    arena = measure_arena(tflite)
-    arena.update(target_arenas(tflite, arena))  # ESP-NN's scratch and op data on top, per firmware target
+    with status("measuring the TFLite Micro tensor arena (bisection to the byte, then per firmware target)", enabled=progress):
+        arena = measure_arena(tflite)
+        arena.update(target_arenas(tflite, arena))  # ESP-NN's scratch and op data on top, per firmware target
     if not arena["replay"]["matches_tflm"]:
         say(f"[yellow]warning[/]: the arena replay plans a {arena['replay']['reference_head_replayed']:,}-byte head, "
             f"TFLite Micro {arena['replay']['reference_head_measured']:,} B: a kernel's scratch request is not modelled "
@@ -426,8 +426,12 @@ def export(
         "files": [TFLITE_FILE, *SOURCE_FILES, TEST_OUTPUTS_FILE, TEST_IDS_FILE, EXPORT_FILE],
     }
     if runtime == "aot":
-        result["aot"] = export_aot(tflite, out_dir / "aot", q_test, y_test_q)
+        with status(f"generating the AOT C model and checking it on {len(q_test)} test records", enabled=progress):
+            result["aot"] = export_aot(tflite, out_dir / "aot", q_test, y_test_q)
         result["files"].append("aot/")
+        aot = result["aot"]
+        say(f"AOT C model: {aot['activation_bytes']:,} B activations (input included), {aot['weights_bytes']:,} B "
+            f"constants; identical to TFLite Micro on {aot['identical_to_tflm']}/{aot['records']} test records")
     write_json(out_dir / EXPORT_FILE, result)
     say(
         f"int8 TFLM test macro AUC {report['macro_auc']:.4f} (float {float_auc:.4f}, drop {float_auc - report['macro_auc']:+.4f}); "
