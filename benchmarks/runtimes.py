@@ -83,14 +83,6 @@ def _object_size(c_dir: Path, workdir: Path) -> dict:
             "stack_static": all(v >= 0 for v in stack.values())}
 
 
-def _ops_report(tflite: bytes) -> list[dict]:
-    """The generator's per-op report (name, output shape, MACs) for this model."""
-    from edge_ecg.aot import generate
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return generate(tflite, tmp)["ops"]
-
-
 def _time_runtimes(tflite: bytes, arena: int, aot_lib: Path, x: np.ndarray, repeats: int) -> dict:
     """Interleaved per-inference host times (µs) of TFLM and AOT, and their output agreement."""
     from edge_ecg.aot import AotModel
@@ -196,10 +188,9 @@ def main() -> None:
             except BoardError as exc:
                 qemu = {"error": str(exc)}
             if qemu and "instructions" in qemu:
-                from edge_ecg.aot.cortex_m import run_on_mps2
+                from edge_ecg.aot.cortex_m import profile_on_qemu
 
-                profile = run_on_mps2(aot_dir, [x[0]], tmp / "profile", profile=True)
-                qemu["per_op"] = {str(k): v for k, v in profile["op_instructions"].items()}
+                qemu["per_op"] = profile_on_qemu(tflite, aot_dir, x[0], tmp / "profile")
         result["qemu"] = qemu
 
     arena = exported["arena"]
@@ -234,21 +225,9 @@ def main() -> None:
     for name, a, b in rows:
         print(f"{name:<{width[0]}} | {a:<{width[1]}} | {b}")
     if qemu and "per_op" in qemu:
-        report_ops = _ops_report(tflite)
-        print("\nPer layer on QEMU mps2-an386 (Cortex-M4, DSP path; instructions, not cycles):")
-        print(f"{'op':>3} {'name':<20} {'output':<16} {'MACs':>11} {'instructions':>13} {'per MAC':>8}")
-        total_macs = total_instr = 0
-        for op in report_ops:
-            instr = qemu["per_op"].get(str(op["index"]))
-            if instr is None:
-                continue
-            macs = op.get("macs", 0)
-            total_macs += macs
-            total_instr += instr
-            per = f"{instr / macs:8.2f}" if macs else f"{'':8}"
-            print(f"{op['index']:>3} {op['op']:<20} {'x'.join(map(str, op['output'])):<16} {macs:>11,} {instr:>13,.0f} {per}")
-        print(f"{'':>3} {'total':<20} {'':<16} {total_macs:>11,} {total_instr:>13,.0f} {total_instr / max(total_macs, 1):8.2f}")
-        result["per_op"] = report_ops
+        from edge_ecg.aot.cortex_m import format_profile
+
+        print("\n" + format_profile(qemu["per_op"]))
     out = Path(args.out) if args.out else run / "bench" / "runtimes.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

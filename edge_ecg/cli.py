@@ -289,7 +289,7 @@ def cmd_bench(args) -> int:
         summary = bench(args.run, port=args.port, baud=args.baud, emulator=emulator, limit=args.limit, fresh=args.fresh,
                         retries=args.retries, timeout=args.timeout, warmup=args.warmup, load=args.load,
                         allow_mismatch=args.allow_mismatch, runtime=args.runtime, tflm_src=args.tflm_src,
-                        arena_bytes=args.arena_bytes)
+                        arena_bytes=args.arena_bytes, profile=args.profile)
     except ParityError as exc:  # the results are shown, then the failure (exit status 1)
         show(exc.summary)
         raise
@@ -527,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tflm-src", metavar="DIR",
                    help="TFLite Micro source tree for --runtime tflm: a tflite-micro checkout with its third-party downloads, "
                         "or the esp-tflite-micro component folder")
+    p.add_argument("--profile", action="store_true",
+                   help="with --emulator qemu: instructions, MACs and instructions per MAC of each op (AOT model, first record)")
     p.add_argument("--arena-bytes", type=int, metavar="N",
                    help="with --runtime tflm: build with an N-byte tensor arena instead of the export's ECG_ARENA_BYTES")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_ecg.bench import bench
+from edge_ecg.bench import BenchError, bench
 from edge_ecg.bench import test_records as fold_records  # not a test
 from edge_ecg.bench.boards import (
     DEBIAN_PACKAGES,
@@ -187,6 +187,24 @@ def test_firmware_size_and_instruction_count(run, exported, records, tflm_output
     a, b = count["per_record"]
     assert abs(a - b) <= 2 * count["resolution_instructions"], "instruction counts are not deterministic"
     assert 10_000 < count["instructions_per_inference"] < 1e9
+
+
+@needs_qemu
+def test_profile_times_every_op_and_adds_up_to_the_inference(run, exported, ptbxl):
+    from edge_ecg.bench import format_summary
+
+    summary = bench(run, emulator="qemu", limit=1, profile=True, fresh=True, progress=False, timeout=20.0, dataset=ptbxl)
+    rows = summary["profile"]
+    assert rows and all(r["instructions"] > 0 for r in rows)
+    assert {r["op"] for r in rows} >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+    conv = [r for r in rows if r["macs"]]
+    assert all(r["instructions_per_mac"] == round(r["instructions"] / r["macs"], 3) for r in conv)
+    per_inference = summary["latency"]["median_us"] * 1000  # QEMU icount: 1 us = 1000 instructions
+    total = sum(r["instructions"] for r in rows)
+    assert 0.9 * per_inference <= total <= 1.02 * per_inference, (total, per_inference)  # the hooks' own cost aside
+    assert "Per op on QEMU" in format_summary(summary)
+    with pytest.raises(BenchError, match="--profile goes with --emulator qemu"):
+        bench(run, emulator="board", limit=1, profile=True, progress=False, dataset=ptbxl)
 
 
 def _path_without(tmp_path: Path, *tools: str) -> str:

@@ -117,3 +117,42 @@ def run_on_mps2(c_dir: str | Path, records: Sequence[np.ndarray], workdir: str |
     if profile:
         result["op_instructions"] = ops
     return result
+
+
+def profile_on_qemu(tflite: bytes, c_dir: str | Path, record: np.ndarray, workdir: str | Path) -> list[dict]:
+    """Per op of the generated model in ``c_dir``: name, output shape, MACs, QEMU instructions and instructions per MAC.
+
+    One inference of ``record`` on the DSP path under QEMU (see :func:`run_on_mps2`); MACs and
+    shapes come from the generator's own report for ``tflite``. The rows' instructions add up
+    to the whole inference but for the timing hook's few dozen instructions per op.
+    """
+    import tempfile
+
+    from edge_ecg.aot import generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ops = generate(tflite, tmp)["ops"]
+    counts = run_on_mps2(c_dir, [record], workdir, profile=True)["op_instructions"]
+    rows = []
+    for op in ops:
+        instructions = counts.get(op["index"])
+        if instructions is None:  # an alias (RESHAPE) that generates no code
+            continue
+        macs = int(op.get("macs", 0))
+        rows.append({"index": op["index"], "op": op["op"], "output": list(op["output"]), "macs": macs,
+                     "instructions": float(instructions),
+                     "instructions_per_mac": round(instructions / macs, 3) if macs else None})
+    return rows
+
+
+def format_profile(rows: Sequence[dict]) -> str:
+    """The per-op table :func:`profile_on_qemu` returns, as text."""
+    lines = ["Per op on QEMU mps2-an386 (Cortex-M4, DSP path; instructions, not cycles):",
+             f"{'op':>3} {'name':<20} {'output':<16} {'MACs':>11} {'instructions':>13} {'per MAC':>8}"]
+    for r in rows:
+        per = f"{r['instructions_per_mac']:8.2f}" if r["instructions_per_mac"] is not None else f"{'':8}"
+        lines.append(f"{r['index']:>3} {r['op']:<20} {'x'.join(map(str, r['output'])):<16} {r['macs']:>11,} "
+                     f"{r['instructions']:>13,.0f} {per}")
+    macs, instructions = sum(r["macs"] for r in rows), sum(r["instructions"] for r in rows)
+    lines.append(f"{'':>3} {'total':<20} {'':<16} {macs:>11,} {instructions:>13,.0f} {instructions / max(macs, 1):8.2f}")
+    return "\n".join(lines)

@@ -160,6 +160,7 @@ def bench(
     runtime: str = "aot",
     tflm_src: str | os.PathLike | None = None,
     arena_bytes: int | None = None,
+    profile: bool = False,
 ) -> dict:
     """Send the run's test-fold records to a device (``port`` or ``connect``) or the emulator; return the summary.
 
@@ -180,6 +181,10 @@ def bench(
     initialize (``info%`` model_ready false) is a :class:`BenchError` naming its arena and
     the export's measured one.
 
+    ``profile`` (with ``emulator="qemu"``) adds ``profile`` to the summary: instructions, MACs
+    and instructions per MAC of each op of the AOT model, for the first record
+    (:func:`edge_ecg.aot.cortex_m.profile_on_qemu`).
+
     The summary is always written; then :class:`ParityError` (a :class:`BenchError`) is
     raised when :func:`parity_check` fails: a device output differs from the emulator's
     (unless ``allow_mismatch``) or no record completed.
@@ -197,6 +202,8 @@ def bench(
     if board_tflm and tflm_src is None:
         raise BenchError("--emulator board --runtime tflm needs --tflm-src DIR: a tflite-micro checkout with its "
                          "third-party downloads, or the esp-tflite-micro component folder")
+    if profile and emulator != "qemu":
+        raise BenchError("--profile goes with --emulator qemu (its clock counts instructions, so each op can be timed)")
     records, labels = test_records(run, limit=limit, dataset=dataset)
     session = board = None
     if emulator is not None and emulator not in EMULATORS:
@@ -259,6 +266,15 @@ def bench(
                         output_zero_point=out_q["zero_point"], output_kind=exported["tflite"].get("output_kind", "probability"),
                         expected_ids=[i for i, _ in records])
     summary = {"backend": backend, "device": info, "reference": "TFLite Micro host emulator (export/test_int8_outputs.npy)", **summary}
+    if profile:
+        from edge_ecg.aot.cortex_m import profile_on_qemu
+
+        folder = RunFolder(run)
+        shape = exported["tflite"]["input"]["shape"]
+        summary["profile"] = profile_on_qemu(folder.tflite.read_bytes(), folder.export / "aot",
+                                             np.frombuffer(records[0][1], np.int8).reshape(shape[1:]),
+                                             folder.bench / "qemu-profile")
+        summary["profile_record"] = records[0][0]
     passed, verdict = parity_check(summary, allow_mismatch=allow_mismatch)
     summary["allow_mismatch"], summary["parity_check"] = allow_mismatch, verdict
     path = folder.bench_summary(backend)
@@ -287,4 +303,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  mismatch ecg_id {m['ecg_id']}: device {m['device']} vs emulator {m['reference']} (max {m['max_lsb']} LSB)")
     if summary.get("parity_check"):
         lines.append(f"parity: {summary['parity_check']}")
+    if summary.get("profile"):
+        from edge_ecg.aot.cortex_m import format_profile
+
+        lines.append(f"ecg_id {summary['profile_record']}, " + format_profile(summary["profile"]))
     return "\n".join(lines)
