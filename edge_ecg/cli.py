@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from edge_ecg import __version__
-from edge_ecg.runfolder import RunFolder
+from edge_ecg.runfolder import FEDERATE_REPORT_MD, RunFolder
 
 PIPELINE = "data -> train -> compress -> export -> build -> flash -> bench"
 
@@ -333,7 +333,7 @@ def cmd_federate(args) -> int:
     report = federate(args.run, config, verbose=args.verbose)
     for name, score in report["test_macro_auc"]["pooled"].items():
         print(f"{name:12s} pooled test macro AUC {format_score(score)}")
-    print(f"report -> {Path(args.run) / 'federate_report.md'}")
+    print(f"report -> {Path(args.run) / FEDERATE_REPORT_MD}")
     return 0
 
 

@@ -61,6 +61,13 @@ FIRMWARE_DIR = "firmware"
 BENCH_DIR = "bench"
 CV_FILE = "cv.json"
 """The configuration file of a cross-validation rotation folder (edge_ecg.cv)."""
+# A federated run folder (edge_ecg.federate): configuration, sites, report, plot and the global weights.
+FEDERATE_CONFIG = "federate.json"
+FEDERATE_SITES_FILE = "sites.json"
+FEDERATE_REPORT_JSON = "federate_report.json"
+FEDERATE_REPORT_MD = "federate_report.md"
+FEDERATE_ROUNDS_PLOT = "federate_auc_rounds.png"
+FEDERATE_WEIGHTS_FILE = "federate_weights.npz"
 
 
 def cv_fold_dir(cv_dir: str | os.PathLike, test_fold: int) -> Path:
