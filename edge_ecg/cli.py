@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from edge_ecg import __version__
-from edge_ecg.runfolder import FEDERATE_REPORT_MD, RunFolder
+from edge_ecg.runfolder import FEDERATE_REPORT_MD, REPORT_FILE, RunFolder
 
 PIPELINE = "data -> train -> compress -> export -> build -> flash -> bench"
 
@@ -150,7 +150,7 @@ def cmd_train(args) -> int:
     print(f"best validation macro AUC {state['best_auc']:.4f} at epoch {state['best_epoch']} -> {RunFolder(run).model}")
     report = evaluate(run)
     t = report["test"]
-    print(f"test macro AUC {t['macro_auc']:.4f} [{t['macro_auc_ci95'][0]:.4f}, {t['macro_auc_ci95'][1]:.4f}] -> {run / 'report.md'}")
+    print(f"test macro AUC {t['macro_auc']:.4f} [{t['macro_auc_ci95'][0]:.4f}, {t['macro_auc_ci95'][1]:.4f}] -> {run / REPORT_FILE}")
     return 0
 
 
@@ -162,12 +162,9 @@ def cmd_evaluate(args) -> int:
     if args.out or args.model or args.format or args.rhythm_only:
         return _evaluate_external(args)
     if args.data:  # another folder without --out would overwrite the run's own reports: refused
-        from edge_ecg import settings
-        from edge_ecg.train import read_run_config
-
-        own = read_run_config(Path(args.run))["train"].get("data") or settings.data_dir(None)
-        if Path(args.data).resolve() != Path(own).resolve():
-            raise CliError(f"--data {args.data} is not the data of run {args.run} ({own}); add --out DIR to evaluate the run "
+        if not RunFolder(args.run).is_own_data(args.data):
+            raise CliError(f"--data {args.data} is not the data of run {args.run} ({RunFolder(args.run).data_dir()}); "
+                           "add --out DIR to evaluate the run "
                            "on every labelled record of it (the run's own reports are never overwritten)")
     from edge_ecg.evaluate import evaluate, markdown_report
 
@@ -289,7 +286,7 @@ def cmd_bench(args) -> int:
         summary = bench(args.run, port=args.port, baud=args.baud, emulator=emulator, limit=args.limit, fresh=args.fresh,
                         retries=args.retries, timeout=args.timeout, warmup=args.warmup, load=args.load,
                         allow_mismatch=args.allow_mismatch, runtime=args.runtime, tflm_src=args.tflm_src,
-                        arena_bytes=args.arena_bytes, profile=args.profile)
+                        arena_bytes=args.arena_bytes, profile=args.profile, data=args.data)
     except ParityError as exc:  # the results are shown, then the failure (exit status 1)
         show(exc.summary)
         raise
@@ -513,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "firmware in QEMU (instruction-counted); board (aot) and qemu need `export --runtime aot`")
     p.add_argument("--baud", type=int, default=921600, help="(default: 921600)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N test records")
+    p.add_argument("--data", metavar="DIR",
+                   help="send every labelled record of another folder (PTB-XL or CinC layout) instead of the test fold, "
+                        "each checked against the export's model run through TFLite Micro on the same bytes; a record "
+                        "longer than the model's window is one row per window (id ecg_id*1000+k) and the macro AUC counts "
+                        "windows; results go to RUN/bench/<backend>-<folder name>.json(l), apart from the run's own")
     p.add_argument("--fresh", action="store_true", help="delete this backend's results and start over (default: continue them)")
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the old flag: continuing is now the default
     p.add_argument("--retries", type=int, default=3, help="attempts per record after a fault (default: 3)")

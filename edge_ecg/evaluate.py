@@ -28,7 +28,7 @@ from edge_ecg.train import (
 )
 
 METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
+from edge_ecg.runfolder import REPORT_FILE, write_index  # noqa: E402  (the run folder owns its file names)
 
 
 def save_predictions(run: Path, split_name: str, ecg_ids: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> None:
@@ -98,6 +98,7 @@ def evaluate(run: str | os.PathLike, *, dataset: PtbxlDataset | None = None, dat
         pl.confusion_summary(report["test"]["confusion_val_thresholds"], run / "confusion.png")
         if (run / HISTORY_FILE).is_file():
             pl.training_curves(run / HISTORY_FILE, run / "training.png")
+    write_index(run)
     return report
 
 

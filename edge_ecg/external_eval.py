@@ -37,7 +37,7 @@ from edge_ecg import metrics as m
 
 MODELS: tuple[str, ...] = ("float", "int8")
 METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
+from edge_ecg.runfolder import REPORT_FILE  # noqa: E402  (the run folder owns its file names)
 DATA_FILE = "data.json"
 RECORDS_FILE = "records.csv"
 EXTERNAL_SUBDIR = "external"

@@ -38,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edge_ecg import __version__
-from edge_ecg.runfolder import EXPORT_FILE, TFLITE_FILE, RunFolder, sha256_file
+from edge_ecg.runfolder import BUILD_RECORD, EXPORT_FILE, TFLITE_FILE, RunFolder, sha256_file, write_index
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
 TEMPLATE_DIR = FIRMWARE_DIR / "esp32"
@@ -116,7 +116,6 @@ KEPT_ON_RERENDER = ("build", "managed_components", "dependencies.lock", "sdkconf
 # Of those, what the component manager derived from idf_component.yml: deleted
 # when a project is rendered again for another runtime, whose manifest differs.
 DEPENDENCIES = ("managed_components", "dependencies.lock")
-BUILD_RECORD = "build.json"
 # Written into every project in place of the template's README (which describes the template,
 # not a project); PROTOCOL.md is copied beside it so the README's link resolves.
 PROJECT_README = "README.md"
@@ -521,6 +520,7 @@ def render(
         activation = _model_macros(export / AOT_EXPORT_DIR / "ecg_model.h")["ECG_MODEL_ACTIVATION_BYTES"]
         record["aot_activation_bytes"] = int(activation) if activation.isdigit() else activation
     (project / BUILD_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    write_index(run)
     return {
         **record,
         "project_dir": str(project),

@@ -74,3 +74,69 @@ def confusion_summary(confusion: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def int8_vs_float(p_float: np.ndarray, p_int8: np.ndarray, path: Path, title: str = "") -> None:
+    """Each test record's int8 output probability against the float model's, one colour per class."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for c, name in enumerate(CLASSES[: p_float.shape[1]]):
+        ax.scatter(p_float[:, c], p_int8[:, c], s=8, alpha=0.6, label=name)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="float model probability", ylabel="int8 TFLite Micro probability (dequantized)", title=title,
+           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.legend(loc="lower right", title="class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def auc_bars(aucs: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """Per-class test AUC of several models side by side (``{"float": [...], "int8": [...]}``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    width = 0.8 / len(aucs)
+    x = np.arange(len(CLASSES))
+    for k, (name, values) in enumerate(aucs.items()):
+        ax.bar(x + (k - (len(aucs) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, CLASSES)
+    low = min(float(np.nanmin(v)) for v in aucs.values())
+    ax.set(xlabel="class", ylabel="test ROC AUC", title=title, ylim=(max(0.0, low - 0.05), 1.0))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def memory_bars(items: dict[str, int], path: Path, title: str = "") -> None:
+    """Horizontal bars of byte counts (tensor arena per target, flash of the model), labelled in kB."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(items) + 1.5))
+    names, values = list(items), [v / 1024 for v in items.values()]
+    ax.barh(names, values, color=[f"C{k}" for k in range(len(names))])
+    for k, v in enumerate(items.values()):
+        ax.text(v / 1024, k, f" {v:,} B", va="center")
+    ax.set(xlabel="size (KiB)", title=title, xlim=(0, max(values) * 1.35))
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def latency_figures(latency: np.ndarray, unit: str, hist_path: Path, timeline_path: Path, title: str = "") -> None:
+    """Histogram of per-record latency and each record's latency in test-fold order; ``unit`` labels the axes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.hist(latency, bins=min(30, max(5, len(latency) // 2)), color="C0")
+    ax.axvline(float(np.median(latency)), color="C3", ls="--", label=f"median {np.median(latency):,.1f} {unit}")
+    ax.set(xlabel=f"latency per inference ({unit})", ylabel="records", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(hist_path, dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    ax.plot(np.arange(1, len(latency) + 1), latency, marker=".", lw=0.8)
+    ax.set(xlabel="record (test-fold order)", ylabel=f"latency per inference ({unit})", title=title)
+    fig.tight_layout()
+    fig.savefig(timeline_path, dpi=120)
+    plt.close(fig)

@@ -13,6 +13,9 @@ A run folder (``runs/NAME/``) is the only thing the stages pass between them::
     export/                  model_int8.tflite, C sources, export.json, test_int8_outputs.npy, test_ecg_ids.npy
     firmware/TARGET/         rendered firmware projects (edge_ecg.firmware)
     bench/BACKEND.jsonl|json bench results, appended as they arrive, and their summary
+    bench/BACKEND.md         bench report with its figures (BACKEND_*.png)
+    report.md, export/report.md, compression.md   stage reports with figures
+    index.md                 links every stage report that exists (write_index, rewritten by each stage)
 
 :class:`RunFolder` names each of them; stages ask it for paths instead of spelling them.
 
@@ -68,6 +71,16 @@ FEDERATE_REPORT_JSON = "federate_report.json"
 FEDERATE_REPORT_MD = "federate_report.md"
 FEDERATE_ROUNDS_PLOT = "federate_auc_rounds.png"
 FEDERATE_WEIGHTS_FILE = "federate_weights.npz"
+# Reports: markdown with figures beside it, one per stage, and the index that links them.
+REPORT_FILE = "report.md"
+"""The training/evaluation report in the run folder, and the export's in ``export/`` (same name, its own folder)."""
+COMPRESSION_REPORT_MD = "compression.md"
+COMPRESSION_REPORT_JSON = "compression.json"
+BUILD_RECORD = "build.json"
+"""What ``build`` writes into each rendered firmware project (``firmware/TARGET/build.json``)."""
+INDEX_FILE = "index.md"
+EXPORT_FIGURES = ("int8_vs_float.png", "auc_per_class.png", "memory.png")
+"""The export report's figures, in ``export/``: output scatter, per-class AUC bars, arena/flash bars."""
 
 
 def cv_fold_dir(cv_dir: str | os.PathLike, test_fold: int) -> Path:
@@ -177,6 +190,16 @@ class RunFolder:
             )
         return saved
 
+    def data_dir(self) -> Path:
+        """The data folder the run was trained on (config.json; the default data folder when it names none)."""
+        from edge_ecg import settings
+
+        return Path(self.read_config()["train"].get("data") or settings.data_dir(None))
+
+    def is_own_data(self, data: str | os.PathLike) -> bool:
+        """Whether ``data`` is the folder the run was trained on (evaluate and bench then use its test fold)."""
+        return Path(data).resolve() == self.data_dir().resolve()
+
     def read_export(self) -> dict:
         """export.json; RunError saying to export first when it is missing."""
         path = self.export_report
@@ -209,6 +232,41 @@ class RunFolder:
 
     def bench_summary(self, backend: str) -> Path:
         return self.bench / f"{backend}.json"
+
+    def bench_report(self, backend: str) -> Path:
+        """The benchmark's markdown report; its figures are ``<backend>_*.png`` beside it."""
+        return self.bench / f"{backend}.md"
+
+    # ---- reports
+    @property
+    def export_markdown(self) -> Path:
+        return self.export / REPORT_FILE
+
+    @property
+    def index(self) -> Path:
+        return self.root / INDEX_FILE
+
+
+def write_index(run: str | os.PathLike) -> Path:
+    """(Re)write ``run/index.md``: a link to every stage report that exists now, in pipeline order.
+
+    Each stage calls it after writing its own report, so the index never links a missing file.
+    """
+    folder = RunFolder(run)
+    stages = [
+        ("training and evaluation", [folder.root / REPORT_FILE]),
+        ("compression", [folder.root / COMPRESSION_REPORT_MD, folder.root / COMPRESSION_REPORT_JSON]),
+        ("export (int8)", [folder.export_markdown, folder.export_report]),
+        ("firmware", sorted((folder.root / FIRMWARE_DIR).glob(f"*/{BUILD_RECORD}"))),
+        ("bench", sorted(folder.bench.glob("*.md"))),
+    ]
+    lines = [f"# Run {folder.root.name}", ""]
+    for title, paths in stages:
+        links = [f"[{p.relative_to(folder.root).as_posix()}]({p.relative_to(folder.root).as_posix()})" for p in paths if p.is_file()]
+        lines.append(f"- {title}: {', '.join(links) if links else 'no report yet'}")
+    lines.append("")
+    atomic_write_text(folder.index, "\n".join(lines))
+    return folder.index
 
 LOCK_FILE = ".lock"
 

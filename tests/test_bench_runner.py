@@ -51,3 +51,17 @@ def test_latency_figures_are_rounded_to_the_nanosecond():
     stats = latency_stats([2696.381500015832, 2700.0004999, 1000.0])
     assert stats["median_us"] == 2696.382 and stats["max_us"] == 2700.0 and stats["min_us"] == 1000.0
     assert all(len(repr(v).split(".")[1]) <= 3 for k, v in stats.items() if k != "records")
+
+
+def test_the_bench_report_counts_agreement_and_plots_qemu_latency_in_instructions(tmp_path):
+    from edge_ecg.bench.runner import write_report
+
+    rows = run_records(_device, RECORDS, tmp_path / "emulator-qemu.jsonl", HEADER, progress=False)
+    reference = {i: [d[0], -d[0]] for i, d in RECORDS}
+    reference[5] = [0, 0]  # one record the device gets "wrong"
+    summary = {"backend": "emulator-qemu", **summarize(rows, reference=reference, expected_ids=[i for i, _ in RECORDS])}
+    text = write_report(tmp_path / "emulator-qemu.md", rows, summary).read_text()
+    assert "19 identical to the TFLite Micro host emulator, 1 differ" in text
+    assert "Cortex-M4 instructions (QEMU icount)" in text and "median 110,500.0" in text  # 1 us = 1000 instructions
+    assert (tmp_path / "emulator-qemu_latency_hist.png").stat().st_size > 0
+    assert (tmp_path / "emulator-qemu_latency_timeline.png").stat().st_size > 0

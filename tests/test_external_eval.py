@@ -115,3 +115,74 @@ def test_a_folder_with_only_unusable_records_names_them(exported_run, cinc_small
     with pytest.raises(ExternalEvalError, match=r"no labelled record to evaluate(.|\n)*E00001.hea: leads I,II,III,aVR,aVL,aVF"):
         evaluate_external(exported_run, folder, tmp_path / "out", n_boot=N_BOOT)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_bench_data_sends_every_external_record_and_matches_tflm(exported_run, cinc_small, tmp_path):
+    """`bench --data`: every labelled CinC window is sent, equals TFLM on the same bytes, the run's bench is untouched.
+
+    The fixture's export is `--runtime tflm`, so the AOT board emulator does not apply; the serial
+    path is the same code as the run's own bench (tests/test_boards.py).
+    """
+    import scipy.io
+
+    from edge_ecg.bench import WINDOW_ID_BASE, external_records
+    from edge_ecg.bench.runner import read_jsonl
+    from edge_ecg.data import Standardizer, load_dataset
+    from edge_ecg.export.emulator import tflm_run
+    from edge_ecg.preprocess import int8_input
+    from edge_ecg.runfolder import INDEX_FILE, STANDARDIZATION_FILE
+
+    folder = tmp_path / "cinc_long"
+    shutil.copytree(cinc_small, folder)
+    # a 15-s record (two windows): E00001 followed by the first half of E00002, checksums rewritten
+    a, b = (scipy.io.loadmat(cinc_small / "georgia" / f"{n}.mat")["val"] for n in ("E00001", "E00002"))
+    val = np.concatenate([a, b[:, :2500]], axis=1)
+    lines = (cinc_small / "georgia" / "E00001.hea").read_text().splitlines()
+    signal_lines = [" ".join(["X00001.mat", *ln.split()[1:6], str(int(val[i].astype(np.int64).sum()) % 65536), *ln.split()[7:]])
+                    for i, ln in enumerate(lines[1:13])]
+    (folder / "georgia" / "X00001.hea").write_text("\n".join(["X00001 12 500 7500", *signal_lines,
+                                                             *[ln for ln in lines if ln.startswith("#")]]) + "\n")
+    scipy.io.savemat(folder / "georgia" / "X00001.mat", {"val": val.astype(np.int16)}, format="4")
+
+    assert main(["bench", "--run", str(exported_run), "--emulator", "tflm", "--limit", "3"]) == 0  # the run's own results
+    own = tree_hashes(exported_run)
+    assert main(["bench", "--run", str(exported_run), "--emulator", "tflm", "--data", str(folder)]) == 0
+    backend = "emulator-tflm-cinc_long"
+    added = set(tree_hashes(exported_run)) - set(own)
+    assert {f"bench/{backend}.jsonl", f"bench/{backend}.json"} <= added  # (and the report's files, same prefix)
+    assert all(name.startswith(f"bench/{backend}") for name in added), added
+    after = tree_hashes(exported_run)  # the index lists every result, so it changes; nothing else of the run does
+    assert {k: after[k] for k in own if k != INDEX_FILE} == {k: v for k, v in own.items() if k != INDEX_FILE}
+
+    ds = load_dataset(folder, 100, window=1000)
+    ids = list(dict.fromkeys(ds.ecg_ids.tolist()))
+    assert len(ids) + len(ds.unlabelled) + len(ds.skipped) == 11 and len(ds) == len(ids) + 1  # X00001 gives 2 windows
+    summary = json.loads((exported_run / "bench" / f"{backend}.json").read_text())
+    assert summary["ok"] == summary["records"] == len(ds) and not summary["failed"] and not summary["missing"]
+    assert summary["identical_to_reference"] == len(ds) and summary["mismatches"] == []
+    assert summary["external"]["records_benched"] == len(ids)
+    long_id = next(i for i, n in ds.names.items() if n.endswith("X00001"))
+    assert summary["external"]["rows"][str(long_id * WINDOW_ID_BASE + 1)] == "georgia/X00001 window 2/2"
+
+    # the reference computed here, independently: the run's standardization, the export's quantization, TFLM
+    info = json.loads((exported_run / "export" / "export.json").read_text())
+    std = Standardizer.load(exported_run / STANDARDIZATION_FILE)
+    q = int8_input(ds.signals, std.mean, std.std, info["calibration"]["clip_sigma"],
+                   info["tflite"]["input"]["scale"], info["tflite"]["input"]["zero_point"])
+    expected = tflm_run((exported_run / "export" / "model_int8.tflite").read_bytes(), q)
+    _, rows = read_jsonl(exported_run / "bench" / f"{backend}.jsonl")
+    window = {}
+    for k, i in enumerate(ds.ecg_ids.tolist()):
+        window[i] = window.get(i, -1) + 1
+        row = next(r for r in rows if r["ecg_id"] == i * WINDOW_ID_BASE + window[i])
+        assert row["int8"] == expected[k].tolist(), row["ecg_id"]
+
+    # labels are the CinC headers' (through the SNOMED table), per window of their record
+    ext = external_records(exported_run, folder)
+    id_of = {n: i for i, n in ds.names.items()}
+    # CLASSES order NORM MI STTC CD HYP; #Dx of JS00001: AF, RBBB (CD), T-wave abnormal (STTC); E00001: sinus rhythm alone
+    for name, want in (("chapman_shaoxing/JS00001", [0, 0, 1, 1, 0]), ("georgia/E00001", [1, 0, 0, 0, 0]),
+                       ("georgia/E00004", [0, 0, 1, 0, 1])):
+        np.testing.assert_array_equal(ext["labels"][id_of[name] * WINDOW_ID_BASE], want, err_msg=name)
+    np.testing.assert_array_equal(ext["labels"][long_id * WINDOW_ID_BASE + 1], [1, 0, 0, 0, 0])

@@ -179,3 +179,27 @@ def test_the_report_says_what_its_int8_bytes_count_and_the_bench_summary_is_roun
     assert all(round(v, 3) == v for k, v in latency.items() if k != "records")
     rows = [json.loads(line) for line in (pipeline_run / "bench" / "emulator-tflm.jsonl").read_text().splitlines()[1:]]
     assert all(round(r["latency_us"], 3) == r["latency_us"] for r in rows)
+
+
+def _links(markdown: str) -> list[str]:
+    import re
+
+    return re.findall(r"\]\(([^)\s]+)\)", markdown)
+
+
+def test_every_stage_report_links_figures_that_exist_and_the_index_links_them(pipeline_run):
+    run = pipeline_run
+    for report in (run / "export" / "report.md", run / "bench" / "emulator-tflm.md"):
+        text = report.read_text()
+        figures = [link for link in _links(text) if link.endswith(".png")]
+        assert len(figures) >= 2, (report, text)
+        assert all((report.parent / f).is_file() and (report.parent / f).stat().st_size > 0 for f in figures), figures
+    assert {"int8_vs_float.png", "auc_per_class.png", "memory.png"} <= set(_links((run / "export" / "report.md").read_text()))
+    bench_md = (run / "bench" / "emulator-tflm.md").read_text()
+    summary = json.loads((run / "bench" / "emulator-tflm.json").read_text())  # other tests of this module rerun the bench
+    assert summary["identical_to_reference"] == summary["ok"] > 0
+    assert f"{summary['ok']} identical to the TFLite Micro host emulator, 0 differ" in bench_md and "(µs)" in bench_md
+    index = (run / "index.md").read_text()
+    links = _links(index)
+    assert {"report.md", "export/report.md", "export/export.json", "firmware/esp32s3/build.json", "bench/emulator-tflm.md"} <= set(links)
+    assert all((run / link).is_file() for link in links), links

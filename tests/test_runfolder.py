@@ -133,7 +133,9 @@ def test_run_folder_file_names_are_spelled_only_in_runfolder():
     from edge_ecg import runfolder
 
     names = [runfolder.CONFIG_FILE, runfolder.STANDARDIZATION_FILE, runfolder.MODEL_FILE, runfolder.EXPORT_FILE,
-             runfolder.TFLITE_FILE, runfolder.TEST_IDS_FILE, runfolder.TEST_OUTPUTS_FILE, runfolder.CV_FILE]
+             runfolder.TFLITE_FILE, runfolder.TEST_IDS_FILE, runfolder.TEST_OUTPUTS_FILE, runfolder.CV_FILE,
+             runfolder.REPORT_FILE, runfolder.COMPRESSION_REPORT_MD, runfolder.COMPRESSION_REPORT_JSON,
+             runfolder.BUILD_RECORD, runfolder.INDEX_FILE, *runfolder.EXPORT_FIGURES]
     package = Path(runfolder.__file__).parent
     pattern = re.compile("|".join(rf"[\"']{re.escape(n)}[\"']" for n in names))
     offenders = [f"{path.relative_to(package)}:{i}: {line.strip()}"
@@ -161,3 +163,20 @@ def test_run_folder_readers_name_the_file_and_the_fix(tmp_path):
     folder.export_report.write_text("{not json")
     with pytest.raises(RunError, match="not valid JSON"):
         folder.read_export()
+
+
+def test_the_index_links_every_stage_report_that_exists_and_nothing_else(tmp_path):
+    import re
+
+    from edge_ecg.runfolder import write_index
+
+    run = tmp_path / "run"
+    (run / "bench").mkdir(parents=True)
+    (run / "report.md").write_text("# r\n")
+    (run / "bench" / "serial-ttyUSB0.md").write_text("# b\n")
+    (run / "bench" / "serial-ttyUSB0.json").write_text("{}\n")
+    links = re.findall(r"\]\(([^)]+)\)", write_index(run).read_text())
+    assert links == ["report.md", "bench/serial-ttyUSB0.md"]
+    (run / "export").mkdir()
+    (run / "export" / "report.md").write_text("# e\n")
+    assert "export/report.md" in re.findall(r"\]\(([^)]+)\)", write_index(run).read_text())

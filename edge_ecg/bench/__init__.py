@@ -10,6 +10,8 @@ appends results to JSONL as they arrive. :func:`bench` ties them to a run folder
       <backend>.json     summary: latency median/p90/min/max, macro AUC from the device's outputs,
                          records identical to the TFLite Micro host emulator (mismatches listed),
                          and the parity verdict (``parity_check``)
+      <backend>-<folder>.jsonl/.json   the same for the records of another folder (``bench(data=...)``,
+                         ``edge-ecg bench --data``), never mixed with the run's own results
 
 A device output that differs from the emulator's fails the benchmark (:class:`ParityError`,
 after the summary is written) unless ``allow_mismatch``; so does a benchmark in which no
@@ -50,21 +52,86 @@ def test_records(run: str | os.PathLike, *, limit: int | None = None, dataset=No
     Preprocessing is the export's: the run's standardization, the chosen input
     clipping and the int8 input quantization, exactly what the firmware computes.
     """
-    from edge_ecg.data import Standardizer
-    from edge_ecg.preprocess import int8_input
-    from edge_ecg.train import STANDARDIZATION_FILE, TrainConfig, load_split, read_run_config
+    from edge_ecg.train import TrainConfig, load_split, read_run_config
 
     run = Path(run)
     exported = _export(run)
     config = TrainConfig.from_dict(read_run_config(run)["train"])
     split = load_split(config, dataset)
     test = split.test if limit is None else split.test.select(np.arange(min(limit, len(split.test))))
-    standardizer = Standardizer.load(run / STANDARDIZATION_FILE)
-    q = int8_input(test.signals, standardizer.mean, standardizer.std, exported["calibration"]["clip_sigma"],
-                   exported["tflite"]["input"]["scale"], exported["tflite"]["input"]["zero_point"])
+    q = _int8_inputs(run, exported, test.signals)
     records = [(int(i), q[k].tobytes()) for k, i in enumerate(test.ecg_ids)]
     labels = {int(i): test.labels[k] for k, i in enumerate(test.ecg_ids)}
     return records, labels
+
+
+def _int8_inputs(run: Path, exported: dict, signals: np.ndarray) -> np.ndarray:
+    """mV windows as the firmware's int8 input: the run's standardization, the export's clipping and quantization."""
+    from edge_ecg.data import Standardizer
+    from edge_ecg.preprocess import int8_input
+    from edge_ecg.train import STANDARDIZATION_FILE
+
+    standardizer = Standardizer.load(run / STANDARDIZATION_FILE)
+    return int8_input(signals, standardizer.mean, standardizer.std, exported["calibration"]["clip_sigma"],
+                      exported["tflite"]["input"]["scale"], exported["tflite"]["input"]["zero_point"])
+
+
+WINDOW_ID_BASE = 1000
+"""Row id of window k (from 0) of external record ecg_id: ``ecg_id * WINDOW_ID_BASE + k``."""
+
+
+def external_records(run: str | os.PathLike, data: str | os.PathLike, *, limit: int | None = None,
+                     dataset=None) -> dict:
+    """Every labelled record of another folder (PTB-XL or CinC layout) as bench rows, with their reference outputs.
+
+    Records are read at the run's rate and cut into the model's window as
+    :func:`edge_ecg.external_eval.evaluate_external` reads them (a record longer than the
+    window gives several windows, :mod:`edge_ecg.data.resample`); each window is one row, its
+    id ``ecg_id * 1000 + k`` (``rows`` names it ``source/record window k+1/n``), labelled with its
+    record's labels (the folder's own, e.g. the CinC ``#Dx`` codes). ``limit`` keeps the first N
+    records (all their windows). The reference is the export's int8 model through the TFLite
+    Micro interpreter on exactly the bytes sent. ``dataset``: ``data`` already loaded.
+    Returns records, labels, reference, rows (id -> name) and the data's summary facts.
+    """
+    from edge_ecg.data import load_dataset
+    from edge_ecg.export.emulator import tflm_run
+    from edge_ecg.train import TrainConfig, read_run_config
+
+    run = Path(run)
+    exported = _export(run)
+    config = TrainConfig.from_dict(read_run_config(run)["train"])
+    shape = exported["tflite"]["input"]["shape"]
+    ds = dataset if dataset is not None else load_dataset(data, config.rate, window=int(shape[1]))
+    if tuple(ds.signals.shape[1:]) != tuple(shape[1:]):
+        raise BenchError(f"{data}: records are {tuple(ds.signals.shape[1:])} (samples, leads), the model takes {tuple(shape[1:])}")
+    ids = ds.ecg_ids.astype(np.int64)
+    keep = list(dict.fromkeys(ids.tolist()))[:limit]
+    if not keep:
+        skipped = [getattr(i, "reason", str(i)) for i in getattr(ds, "skipped", [])][:5]
+        raise BenchError(f"{ds.root}: no labelled record to benchmark ({len(getattr(ds, 'skipped', []))} skipped, "
+                         f"{len(getattr(ds, 'unlabelled', []))} without a superclass)" + "".join(f"\n  {r}" for r in skipped))
+    rows_of = {i: np.flatnonzero(ids == i) for i in keep}
+    if max(len(r) for r in rows_of.values()) > WINDOW_ID_BASE:
+        raise BenchError(f"{ds.root}: a record gives more than {WINDOW_ID_BASE} windows; bench ids number at most that many")
+    order = np.concatenate(list(rows_of.values()))
+    q = _int8_inputs(run, exported, ds.signals[order])
+    names = getattr(ds, "names", {})
+    row_ids, rows = [], {}
+    for i, r in rows_of.items():
+        for k in range(len(r)):
+            row_ids.append(i * WINDOW_ID_BASE + k)
+            rows[row_ids[-1]] = f"{names.get(i, i)} window {k + 1}/{len(r)}"
+    tflite = (RunFolder(run).export / exported["tflite"]["file"]).read_bytes()
+    reference = tflm_run(tflite, q)  # what the board must reproduce, from the very bytes it is sent
+    return {
+        "records": [(rid, q[k].tobytes()) for k, rid in enumerate(row_ids)],
+        "labels": {rid: ds.labels[order[k]] for k, rid in enumerate(row_ids)},
+        "reference": {rid: reference[k].tolist() for k, rid in enumerate(row_ids)},
+        "rows": rows,
+        "data": str(Path(ds.root).resolve()),
+        "format": getattr(ds, "format", "ptbxl"),
+        "records_benched": len(keep),
+    }
 
 
 def _tflm_backend(run: Path, exported: dict, warmup: int = 0) -> Callable[[bytes], RecordOutcome]:
@@ -119,6 +186,15 @@ def _init_failure(info: dict, exported: dict) -> str:
             "or check that the firmware registers the model's ops")
 
 
+def _write_reports(run: Path, rows: list[dict], summary: dict) -> None:
+    """bench/<backend>.md with its latency figures, then the run's index (which links it)."""
+    from edge_ecg.bench.runner import write_report
+    from edge_ecg.runfolder import write_index
+
+    write_report(RunFolder(run).bench_report(summary["backend"]), rows, summary)
+    write_index(run)
+
+
 def parity_check(summary: dict, *, allow_mismatch: bool = False) -> tuple[bool, str]:
     """(passed, verdict) of a summary: every completed record's outputs equal the reference's.
 
@@ -161,6 +237,7 @@ def bench(
     tflm_src: str | os.PathLike | None = None,
     arena_bytes: int | None = None,
     profile: bool = False,
+    data: str | os.PathLike | None = None,
 ) -> dict:
     """Send the run's test-fold records to a device (``port`` or ``connect``) or the emulator; return the summary.
 
@@ -185,6 +262,14 @@ def bench(
     and instructions per MAC of each op of the AOT model, for the first record
     (:func:`edge_ecg.aot.cortex_m.profile_on_qemu`).
 
+    ``data`` (another folder, PTB-XL or CinC layout; ``dataset`` then holds it already loaded)
+    sends every labelled record of it instead (:func:`external_records`): a record longer than
+    the model's window is one row per window (id ``ecg_id * 1000 + k``, named in the summary's
+    ``external.rows``), the macro AUC counts windows, with the folder's labels; outputs are
+    compared with the export's model run through TFLite Micro on the bytes sent. Results go to
+    ``<backend>-<folder name>``, never mixed with the run's own. ``data`` that is the run's own
+    folder is the usual test-fold bench.
+
     The summary is always written; then :class:`ParityError` (a :class:`BenchError`) is
     raised when :func:`parity_check` fails: a device output differs from the emulator's
     (unless ``allow_mismatch``) or no record completed.
@@ -204,7 +289,13 @@ def bench(
                          "third-party downloads, or the esp-tflite-micro component folder")
     if profile and emulator != "qemu":
         raise BenchError("--profile goes with --emulator qemu (its clock counts instructions, so each op can be timed)")
-    records, labels = test_records(run, limit=limit, dataset=dataset)
+    external = None
+    if data is not None and not RunFolder(run).is_own_data(data):
+        external = external_records(run, data, limit=limit, dataset=dataset)
+    if external is None:
+        records, labels = test_records(run, limit=limit, dataset=dataset)
+    else:
+        records, labels = external["records"], external["labels"]
     session = board = None
     if emulator is not None and emulator not in EMULATORS:
         raise BenchError(f"--emulator {emulator!r} is not one of {', '.join(EMULATORS)}")
@@ -246,10 +337,21 @@ def bench(
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", port or info.get("target", "device")).strip("_")
         backend = f"emulator-{emulator}{'-tflm' if board_tflm else ''}" if emulator else f"serial-{name}"
         run_one = session.run
+    if external is not None:  # its own results file: the run's test-fold results are never mixed with these
+        backend += "-" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(external["data"]).name).strip("_") or "data")
     clock = {"tflm": "host perf_counter", "qemu": "QEMU -icount shift=0: 1 us = 1000 guest instructions"}
     header = {"backend": backend, "model_hash": model_hash, "device": info, "records": len(records),
               "latency_clock": clock.get(emulator, "device timestamps (m-lap-us)")}
+    if external is not None:
+        header["data"] = external["data"]
     folder = RunFolder(run)
+    if external is not None:
+        from edge_ecg.bench.runner import read_jsonl
+
+        old, _ = read_jsonl(folder.bench_results(backend))
+        if old is not None and old.get("data") != external["data"] and not fresh:
+            raise BenchError(f"{folder.bench_results(backend)} holds results of {old.get('data')}, not {external['data']}; "
+                             "pass --fresh to start again (its results are deleted)")
     if fresh:  # deleted, not kept aside: a benchmark is cheap to repeat and stale files would be mistaken for results
         folder.bench_results(backend).unlink(missing_ok=True)
         folder.bench_summary(backend).unlink(missing_ok=True)
@@ -260,12 +362,15 @@ def bench(
             session.close()
         if board is not None:
             board.close()
-    reference = folder.reference_outputs()
+    reference = folder.reference_outputs() if external is None else external["reference"]
     out_q = exported["tflite"]["output"]
     summary = summarize(rows, reference=reference, labels=labels, output_scale=out_q["scale"],
                         output_zero_point=out_q["zero_point"], output_kind=exported["tflite"].get("output_kind", "probability"),
                         expected_ids=[i for i, _ in records])
     summary = {"backend": backend, "device": info, "reference": "TFLite Micro host emulator (export/test_int8_outputs.npy)", **summary}
+    if external is not None:
+        summary["reference"] = "TFLite Micro host emulator (tflite_micro) on the bytes sent, computed by bench"
+        summary["external"] = {k: external[k] for k in ("data", "format", "records_benched", "rows")}
     if profile:
         from edge_ecg.aot.cortex_m import profile_on_qemu
 
@@ -279,6 +384,7 @@ def bench(
     summary["allow_mismatch"], summary["parity_check"] = allow_mismatch, verdict
     path = folder.bench_summary(backend)
     atomic_write_json(path, summary)  # results are kept whatever the verdict
+    _write_reports(run, rows, summary)
     if not passed:
         fix = "" if summary["ok"] == 0 else "; pass --allow-mismatch (allow_mismatch=True) to accept them"
         raise ParityError(f"{backend}: parity {verdict} (results in {path}){fix}", summary)

@@ -193,3 +193,37 @@ def summarize(
             summary["macro_auc"] = None
             summary["auc_note"] = str(exc)
     return summary
+
+
+def write_report(path: Path, rows: Sequence[dict], summary: dict) -> Path:
+    """The benchmark's markdown report at ``path`` (``bench/<backend>.md``) with its latency figures beside it.
+
+    Matplotlib only, no TensorFlow: a serial bench stays light. QEMU's clock counts
+    instructions (1 us = 1000 guest instructions), so its figures are in instructions.
+    """
+    from edge_ecg import plots
+    from edge_ecg.runfolder import atomic_write_text
+
+    backend = summary["backend"]
+    latency = np.asarray([r["latency_us"] for r in rows if r["status"] == "ok"], dtype=np.float64)
+    qemu = backend == "emulator-qemu"
+    unit = "Cortex-M4 instructions (QEMU icount)" if qemu else "µs"
+    lines = [f"# Bench: {backend}", "",
+             f"- records: {summary['ok']}/{summary['records']} ok, {len(summary['failed'])} failed, "
+             f"{len(summary.get('missing', []))} missing, {summary['retried']} retried, {summary['resets']} device resets",
+             f"- host vs device: {summary.get('identical_to_reference', 0)} identical to the TFLite Micro host emulator, "
+             f"{len(summary.get('mismatches', []))} differ; parity {summary.get('parity_check', 'not checked')}"]
+    if summary.get("macro_auc") is not None:
+        lines.append(f"- macro AUC from the device's outputs: {summary['macro_auc']:.4f}")
+    if len(latency):
+        values = latency * 1000 if qemu else latency
+        hist, timeline = (path.with_name(f"{path.stem}_{kind}.png") for kind in ("latency_hist", "latency_timeline"))
+        plots.latency_figures(values, unit, hist, timeline, title=f"{backend}: latency per inference")
+        lines += [f"- latency per inference ({unit}): median {np.median(values):,.1f}, p90 {np.percentile(values, 90):,.1f}, "
+                  f"min {values.min():,.1f}, max {values.max():,.1f}", "",
+                  f"![latency histogram]({hist.name})", "", f"![latency per record]({timeline.name})"]
+    else:
+        lines.append("- no record completed: no latency figures")
+    lines.append("")
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -88,6 +88,15 @@ def _model_path(run: Path, model_path: str | os.PathLike | None) -> Path:
 RUNTIMES = ("tflm", "aot")
 
 
+def _write_reports(run: Path, out_dir: Path, result: dict, labels: np.ndarray, p_float: np.ndarray, p_int8: np.ndarray) -> None:
+    """export/report.md with its figures, then the run's index (which links it)."""
+    from edge_ecg.export.report import export_report
+    from edge_ecg.runfolder import write_index
+
+    export_report(out_dir, result, labels, p_float, p_int8)
+    write_index(run)
+
+
 def export_aot(tflite: bytes, folder: Path, x_int8: np.ndarray, tflm_outputs: np.ndarray) -> dict:
     """Generate the AOT C model into ``folder``, build it on the host and compare with TFLite Micro."""
     import tempfile
@@ -433,6 +442,7 @@ def export(
         say(f"AOT C model: {aot['activation_bytes']:,} B activations (input included), {aot['weights_bytes']:,} B "
             f"constants; identical to TFLite Micro on {aot['identical_to_tflm']}/{aot['records']} test records")
     write_json(out_dir / EXPORT_FILE, result)
+    _write_reports(run, out_dir, result, split.test.labels, p_test_float, p_test)
     say(
         f"int8 TFLM test macro AUC {report['macro_auc']:.4f} (float {float_auc:.4f}, drop {float_auc - report['macro_auc']:+.4f}); "
         f"TFLM = LiteRT on {n_identical}/{len(identical)} records; {len(tflite):,} bytes; "

@@ -13,7 +13,9 @@ import gzip
 import os
 from pathlib import Path
 
-from edge_ecg.runfolder import RunFolder
+import numpy as np
+
+from edge_ecg.runfolder import COMPRESSION_REPORT_JSON, COMPRESSION_REPORT_MD, EXPORT_FIGURES, REPORT_FILE, RunFolder, atomic_write_text
 
 COLUMNS = ("variant", "tflite_bytes", "gzip_bytes", "zero_weights", "params", "macs", "arena_bytes", "test_macro_auc", "ci95")
 
@@ -89,8 +91,8 @@ def stage_report(run: str | os.PathLike, *, dataset=None, clip_sigma="auto", n_b
         label = f"{name} int8" if name.endswith(("qat", "pqat")) else f"{name} + post-training int8"
         rows.append(_int8_row(run, label, stage, dataset, clip_sigma, n_boot))
     report = {"run": str(run), "rows": rows}
-    write_json(run / "compression.json", report)
-    (run / "compression.md").write_text(format_table(rows, markdown=True) + "\n")
+    write_json(run / COMPRESSION_REPORT_JSON, report)
+    (run / COMPRESSION_REPORT_MD).write_text(format_table(rows, markdown=True) + "\n")
     return report
 
 
@@ -118,4 +120,56 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
     return "\n".join([fmt(head)] + [fmt(row) for row in body])
 
 
-__all__ = ["format_table", "stage_report"]
+def export_report(out_dir: str | os.PathLike, result: dict, labels: np.ndarray, p_float: np.ndarray, p_int8: np.ndarray) -> Path:
+    """``out_dir/report.md`` with its figures: int8 vs float outputs, per-class AUC, arena and flash.
+
+    ``result`` is export.json's content; ``p_float`` / ``p_int8`` the float model's and the
+    dequantized TFLite Micro probabilities on the test fold (rows of ``labels``).
+    """
+    from edge_ecg import CLASSES
+    from edge_ecg import plots
+    from edge_ecg.metrics import per_class_auc
+
+    out_dir = Path(out_dir)
+    scatter, bars, memory = (out_dir / name for name in EXPORT_FIGURES)
+    n = len(labels)
+    plots.int8_vs_float(p_float, p_int8, scatter, title=f"test outputs, {n} records: int8 vs float")
+    auc_float, auc_int8 = per_class_auc(labels, p_float), per_class_auc(labels, p_int8)
+    plots.auc_bars({"float (Keras)": auc_float, "int8 (TFLite Micro)": auc_int8}, bars, title="test AUC per class")
+    arena = result["arena"]
+    sizes = {f"arena, {t} (recommended)": v["recommended_bytes"] for t, v in arena["targets"].items()}
+    sizes["flash: .tflite model"] = result["tflite"]["bytes"]
+    if "aot" in result:
+        sizes["AOT activations (RAM)"] = result["aot"]["activation_bytes"]
+        sizes["AOT constants (flash)"] = result["aot"]["weights_bytes"]
+    plots.memory_bars(sizes, memory, title="RAM (tensor arena) and flash (model bytes)")
+    par = result["parity"]
+    lines = [
+        f"# Export: int8 model `{result['model']}`",
+        "",
+        f"- test macro AUC: float {par['float_test_macro_auc']:.4f}, int8 TFLite Micro {par['int8_tflm_test_macro_auc']:.4f} "
+        f"(drop {par['auc_drop']:+.4f}); validation drop {par['val_auc_drop']:+.4f} (allowed {par['max_drop']:g})",
+        f"- TFLite Micro = LiteRT reference kernels on {par['tflm_litert_identical_records']}/{par['test_records']} test records",
+        f"- input clipping: {result['calibration']['clip_sigma'] or 'off'}; `.tflite` {result['tflite']['bytes']:,} B",
+        "",
+        "| class | float AUC | int8 AUC |",
+        "| --- | --- | --- |",
+        *[f"| {c} | {f:.4f} | {q:.4f} |" for c, f, q in zip(CLASSES, auc_float, auc_int8)],
+        "",
+        "| memory | bytes |",
+        "| --- | --- |",
+        *[f"| {k} | {v:,} |" for k, v in sizes.items()],
+        "",
+        f"![int8 vs float outputs]({scatter.name})",
+        "",
+        f"![per-class AUC]({bars.name})",
+        "",
+        f"![arena and flash]({memory.name})",
+        "",
+    ]
+    path = out_dir / REPORT_FILE
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+__all__ = ["export_report", "format_table", "stage_report"]
