@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-import json
 import os
 from pathlib import Path
 
@@ -82,21 +81,21 @@ def _float_side(run: Path):
 
 def _int8_side(run: Path, progress: bool):
     from edge_ecg.data import Standardizer
-    from edge_ecg.runfolder import EXPORT_DIR, EXPORT_FILE, TFLITE_FILE
     from edge_ecg.export.convert import model_io
-    from edge_ecg.runfolder import sha256_bytes as sha256
     from edge_ecg.export.emulator import tflm_run
     from edge_ecg.preprocess import int8_input, output_probabilities
-    from edge_ecg.train import STANDARDIZATION_FILE, RunError
+    from edge_ecg.runfolder import EXPORT_DIR, TFLITE_FILE, RunError, RunFolder, sha256_bytes
+    from edge_ecg.train import STANDARDIZATION_FILE
 
-    folder = run / EXPORT_DIR
-    info_path, tflite_path = folder / EXPORT_FILE, folder / TFLITE_FILE
-    if not (info_path.is_file() and tflite_path.is_file()):
+    folder = RunFolder(run)
+    tflite_path = folder.tflite
+    if not tflite_path.is_file():
         raise RunError(f"{tflite_path}: no int8 export in this run; run `edge-ecg export --run {run}` first")
-    info = json.loads(info_path.read_text())
+    info = folder.read_export()  # RunError naming export.json and the fix when it is missing or broken
     tflite = tflite_path.read_bytes()
-    if sha256(tflite) != info["tflite"]["sha256"]:
-        raise RunError(f"{tflite_path}: its SHA-256 differs from {info_path.name}'s; the export is inconsistent, run export again")
+    if sha256_bytes(tflite) != info["tflite"]["sha256"]:
+        raise RunError(f"{tflite_path}: its SHA-256 differs from {folder.export_report.name}'s; the export is inconsistent, "
+                       "run export again")
     standardizer = Standardizer.load(run / STANDARDIZATION_FILE)
     io_ = model_io(tflite)
     in_q, out_q = io_["inputs"][0], io_["outputs"][0]

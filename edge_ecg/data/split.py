@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_ecg.data.ptbxl import LEADS, DataError, PtbxlDataset
+from edge_ecg.preprocess import standardize
 
 TEST_FOLD = 10
 VAL_FOLD = 9
@@ -73,7 +74,7 @@ class Standardizer:
     def transform(self, signals: np.ndarray) -> np.ndarray:
         if signals.shape[-1] != self.mean.shape[0]:
             raise ValueError(f"signals have {signals.shape[-1]} leads, the standardization {self.mean.shape[0]}")
-        return ((signals.astype(np.float32) - self.mean) / self.std).astype(np.float32)
+        return standardize(signals, self.mean, self.std)  # the firmware's arithmetic: edge_ecg.preprocess
 
     def to_dict(self) -> dict:
         # float32 values stored as Python floats are exact and round-trip through JSON
