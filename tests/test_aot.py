@@ -296,7 +296,7 @@ def test_random_architectures_are_bit_exact_with_tflite_micro(seed, tmp_path):
         rng, aot.input_shape, INPUTS_PER_MODEL - half
     )
     assert_bit_exact(model_bytes, aot, inputs, label=f"seed {seed}")
-    plan_is_valid(memory_plan(model_bytes))
+    plan_is_valid(memory_plan(model_bytes), model_bytes)
 
 
 @pytest.mark.slow
@@ -322,6 +322,7 @@ KERNEL_VARIANTS = {
     "requantization by right shift": "aot_out_r(",
     "requantization, general": "aot_out(",
     "border positions (padding)": "const int t0 = s0 < 0 ? -s0 : 0;",
+    "conv along one axis, in place (output over its input)": "; in place: the output starts",
 }
 
 
@@ -517,7 +518,7 @@ def test_pad_reduce_max_mul_and_broadcast_add(build, ops, tmp_path):
     aot, report = compile_model(model_bytes, tmp_path)
     inputs = quantized_records(rng, report, 1.0, 3) + random_int8_inputs(rng, aot.input_shape, 3)
     assert_bit_exact(model_bytes, aot, inputs)
-    plan_is_valid(memory_plan(model_bytes))
+    plan_is_valid(memory_plan(model_bytes), model_bytes)
     if build is _batch_norm_after_concatenate:  # the constant vectors are broadcast
         broadcast = [op for op in report["ops"] if op["op"] in ("MUL", "ADD")]
         assert len(broadcast) == 2 and all(op["inputs"] == [op["output"]] for op in broadcast)
@@ -635,19 +636,32 @@ def test_reference_architectures_are_bit_exact_with_tflite_micro(name, ops, n_in
         rng, aot.input_shape, n_inputs - half
     )
     assert_bit_exact(model_bytes, aot, inputs, label=name)
-    plan_is_valid(memory_plan(model_bytes))
+    plan_is_valid(memory_plan(model_bytes), model_bytes)
 
 
 # --- (c) memory plan ----------------------------------------------------------------------
 
 
-def plan_is_valid(plan) -> None:
+def plan_is_valid(plan, model_bytes: bytes) -> None:
+    """No two live allocations share bytes, except an op run in place (its input dying
+    there) whose input starts at least its kernel's gap above its output."""
+    from edge_ecg.aot import codegen
+    from edge_ecg.aot.graph import parse
+
+    steps = codegen._lower_all(parse(model_bytes), "double")
+    in_place = {}
+    for s in plan.in_place:
+        src, dst = plan.location(steps[s].inputs[0]), plan.location(steps[s].output)
+        assert src.last == s == dst.first and steps[s].in_place is not None
+        assert src.offset - dst.offset >= steps[s].in_place, f"step {s}: input too close above its output"
+        in_place[src.tensors, dst.tensors] = s
     arena = plan.arena
     for i, a in enumerate(arena):
         assert a.offset >= 0 and a.offset % plan.alignment == 0
         assert a.offset + a.size <= plan.arena_bytes
         for b in arena[i + 1 :]:
-            if a.overlaps_in_time(b):
+            if a.overlaps_in_time(b) and (a.tensors, b.tensors) not in in_place \
+                    and (b.tensors, a.tensors) not in in_place:
                 assert not a.overlaps_in_memory(b), f"{a.names} and {b.names} share bytes while live"
     assert plan.arena_bytes <= sum(a.size for a in arena) + plan.alignment * len(arena)
     assert plan.arena_bytes == max((a.offset + a.size for a in arena), default=0)
@@ -657,23 +671,28 @@ def plan_is_valid(plan) -> None:
 def test_dscnn_memory_plan_never_overlaps_live_tensors():
     model_bytes, _ = dscnn_case()
     plan = memory_plan(model_bytes)
-    plan_is_valid(plan)
+    plan_is_valid(plan, model_bytes)
     assert plan.arena_bytes <= plan.naive_bytes
     # The input lives in the arena (as in TFLM's), the output in the caller's buffer.
     bindings = {a.binding for a in plan.allocations}
     assert {"input", "output"} <= bindings
     assert plan.input in plan.arena and plan.input.first == 0
-    # The stem convolution's input (1000x12) and output (500x32) are live together.
-    assert plan.arena_bytes == 1000 * 12 + 500 * 32
+    # The stem convolution (step 1) runs in place: its output (500x32) grows over its
+    # input (1000x12) instead of beside it (28,000 B), so the peak is the first
+    # depthwise's input and output (500x32 + 250x32).
+    assert plan.in_place == {1}
+    assert plan.arena_bytes == 500 * 32 + 250 * 32
 
 
 def _input_readers_overlap(plan, steps) -> list[int]:
-    """Steps up to the input's last reader whose output bytes overlap the input's."""
+    """Steps up to the input's last reader whose output bytes overlap the input's, but
+    for an op run in place whose input starts its kernel's gap or more above its output."""
     tensor_in = plan.input
     return [
         s for s, step in enumerate(steps[: tensor_in.last + 1])
         if step.kind != "alias" and plan.location(step.output).binding != "output"
         and plan.location(step.output).overlaps_in_memory(tensor_in)
+        and not (s in plan.in_place and tensor_in.offset - plan.location(step.output).offset >= step.in_place)
     ]
 
 
@@ -695,10 +714,10 @@ def test_input_in_the_plan_is_not_overwritten_before_its_last_reader(tmp_path):
     # A planner that forgets the input is read at step 1 puts the stem's output on it.
     real_pack, real_plan = planner.pack, planner.plan
 
-    def short_lived_input(requests, alignment=16):
+    def short_lived_input(requests, alignment=16, in_place=None):
         root = graph.inputs[0]
         cut = [(k, size, f, 0 if k == root else l) for k, size, f, l in requests]
-        return real_pack(cut, alignment)
+        return real_pack(cut, alignment, in_place)
 
     planner.pack = short_lived_input
     try:
@@ -720,6 +739,73 @@ def test_input_in_the_plan_is_not_overwritten_before_its_last_reader(tmp_path):
     assert not all(np.array_equal(bad.invoke(v), tflm(v)) for v in x)
     # Passing another buffer copies it into the input tensor first: same outputs.
     assert all(np.array_equal(good.invoke(v, in_place=False), tflm(v)) for v in x)
+
+
+@pytest.mark.slow
+def test_in_place_stem_reads_every_input_byte_before_overwriting_it(tmp_path):
+    """The stem convolution runs in place (its output over its input): the generated
+    function itself, called on one buffer at the plan's offsets and at its kernel's gap,
+    gives the bytes it gives on separate buffers; with the input closer above the output
+    it overwrites input it has not read yet and gives other bytes (the check can fail)."""
+    import ctypes
+
+    from edge_ecg.aot import codegen
+    from edge_ecg.aot.graph import parse
+
+    model_bytes, _ = dscnn_case()
+    plan = memory_plan(model_bytes)
+    steps = codegen._lower_all(parse(model_bytes), "double")
+    (s,) = plan.in_place
+    src_alloc, dst_alloc = plan.location(steps[s].inputs[0]), plan.location(steps[s].output)
+    gap = steps[s].in_place
+    assert src_alloc.offset - dst_alloc.offset >= gap
+    report = generate(model_bytes, tmp_path / "m")
+    fn = next(op["function"] for op in report["ops"] if op.get("in_place"))
+    # The op functions are static: reach the stem from a file that includes the model.
+    (tmp_path / "stem.c").write_text(
+        f'#include "{tmp_path / "m" / "ecg_model.c"}"\n'
+        f"void stem(const int8_t *in, int8_t *out) {{ {fn}(in, out); }}\n")
+    lib = tmp_path / "libstem.so"
+    subprocess.run(["gcc", "-std=c99", "-O2", "-shared", "-fPIC", f"-I{tmp_path / 'm'}", "-o", str(lib),
+                    str(tmp_path / "stem.c")], check=True, capture_output=True, text=True)
+    stem = ctypes.CDLL(str(lib)).stem
+    n_in, n_out = src_alloc.size, dst_alloc.size
+    x = np.random.default_rng(5).integers(-128, 128, n_in, dtype=np.int8)
+
+    def run(displacement: int) -> np.ndarray:
+        """The stem's output with its input ``displacement`` bytes above the output's start."""
+        buf = np.zeros(max(n_out, displacement + n_in) + 64, np.int8)
+        buf[displacement:displacement + n_in] = x
+        stem(ctypes.c_void_p(buf.ctypes.data + displacement), ctypes.c_void_p(buf.ctypes.data))
+        return buf[:n_out].copy()
+
+    apart = np.zeros(n_out, np.int8)
+    stem(ctypes.c_void_p(np.ascontiguousarray(x).ctypes.data), ctypes.c_void_p(apart.ctypes.data))
+    assert np.array_equal(run(src_alloc.offset - dst_alloc.offset), apart)  # the plan's layout
+    assert np.array_equal(run(gap), apart)  # the least gap the planner may use
+    assert np.array_equal(run(n_out), apart)  # no overlap at all
+    # Closer than the gap by a few output rows: unread input is overwritten.
+    out_row = int(np.prod(report["ops"][steps[s].op.index]["output"][1:-1])) and report["ops"][steps[s].op.index]["output"][-1]
+    assert not np.array_equal(run(gap - 4 * out_row), apart)
+    assert not np.array_equal(run(0), apart)
+
+
+def test_pack_lets_an_in_place_pair_overlap_only_at_its_gap():
+    # key "in" (size 100, steps 0-1) feeds key "out" (size 120, steps 1-2) in place with gap 40.
+    requests = [("in", 100, 0, 1), ("out", 120, 1, 2)]
+    offsets, total = pack(requests, alignment=8, in_place={("in", "out"): 40})
+    assert offsets["in"] - offsets["out"] >= 40 and offsets["in"] < offsets["out"] + 120
+    assert total == offsets["in"] + 100 == 140
+    offsets, total = pack(requests, alignment=8)  # no relation: side by side
+    assert total == 220
+    # The larger is placed first: an input placed at 0 leaves no room below it, so they
+    # sit side by side (the relation never allows an input closer than its gap).
+    offsets, total = pack([("in", 200, 0, 1), ("out", 120, 1, 2)], alignment=8, in_place={("in", "out"): 44})
+    assert offsets == {"in": 0, "out": 200}
+    # A third block live at step 1 still never overlaps either.
+    offsets, total = pack(requests + [("other", 30, 1, 1)], alignment=8, in_place={("in", "out"): 40})
+    for key, size in (("in", 100), ("out", 120)):
+        assert offsets["other"] + 30 <= offsets[key] or offsets[key] + size <= offsets["other"]
 
 
 @pytest.mark.slow

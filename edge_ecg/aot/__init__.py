@@ -5,7 +5,9 @@ the same int8 flatbuffer once and writes plain C99 (``<prefix>.c``, ``<prefix>.h
 that computes bit-identical outputs to TFLite Micro's reference kernels: weights as
 ``static const`` arrays, requantization constants computed as TFLM's Prepare step
 computes them, one function per op with shapes folded in, and every intermediate
-tensor at a fixed offset in one static activation buffer (:func:`memory_plan`).
+tensor at a fixed offset in one static activation buffer (:func:`memory_plan`; a
+convolution along one axis whose input dies with it may write its output over that
+input, in ascending order, when the planner proves no unread byte is overwritten).
 
 Supported builtin ops: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, MEAN, REDUCE_MAX,
 AVERAGE_POOL_2D, MAX_POOL_2D, ADD and MUL (with broadcasting up to 4-D, either input

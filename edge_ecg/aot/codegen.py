@@ -192,7 +192,8 @@ def generate(
                 )
         else:
             fn = f"op{op.index:0{width}d}_{op.name.lower()}"
-            code = step.emit(fn)
+            # The planner put this op's output over its input: the variant without restrict.
+            code = step.emit_in_place(fn) if s in plan.in_place else step.emit(fn)
             data_bytes += code.data_bytes
             # Each op stays its own function (AOT_OP): inlined into the invoke, the kernels'
             # register allocation came out worse (spills in the inner loops) and the ops
@@ -205,6 +206,7 @@ def generate(
             args = ", ".join([where(t) for t in step.inputs] + [where(step.output)])
             calls.append(f"  {fn}({args});\n  AOT_PROFILE({op.index});")
             entry["function"] = fn
+            entry["in_place"] = s in plan.in_place
         ops_report.append(entry)
 
     arena_bytes = plan.arena_bytes

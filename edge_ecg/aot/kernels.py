@@ -39,6 +39,12 @@ class Step:
     output: int  # the tensor written (or aliased)
     emit: Callable[[str], CFunction] | None = None
     summary: dict = field(default_factory=dict)
+    # Running in place: the op still computes correctly when its output overlaps its one
+    # input, provided the input starts at least ``in_place`` bytes after the output's start
+    # (the planner's rule, see planner.pack); ``emit_in_place`` then emits the function
+    # without ``restrict``. None: never in place.
+    in_place: int | None = None
+    emit_in_place: Callable[[str], CFunction] | None = None
 
 
 # --- C formatting -----------------------------------------------------------------------
@@ -551,11 +557,12 @@ def _line(ih: int, iw: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int
     return _Line(n_in, n_out, k, s, p, row, lo, hi)
 
 
-def _line_border(line: _Line, body: str) -> str:
-    """C running ``body`` for each border position ``o``, with ``x`` at its first input
-    byte inside the input and ``t0``/``t1`` the taps [t0, t1) that are inside."""
+def _line_border(line: _Line, body: str, ranges: Sequence[tuple[int, int]] | None = None) -> str:
+    """C running ``body`` for each border position ``o`` (of ``ranges``, default all), with
+    ``x`` at its first input byte inside the input and ``t0``/``t1`` the taps [t0, t1) that
+    are inside."""
     code = ""
-    for a, b in line.border:
+    for a, b in line.border if ranges is None else ranges:
         code += (
             f"for (int o = {a}; o < {b}; ++o) {{\n"
             f"  const int s0 = o * {line.stride}{_plus(-line.pad)};\n"
@@ -582,7 +589,18 @@ def _line_conv_body(fn: str, line: _Line, oc: int, mults: _Multipliers, out_zp: 
 
     pairs = oc - oc % 2
     n = line.hi - line.lo
-    code = ""
+    clipped = (
+        f"int8_t *const y = out + o * {oc};\n"
+        f"for (int c = 0; c < {oc}; ++c) {{\n"
+        f"  const int8_t *const w = {weights} + c * {window} + t0 * {line.row};\n"
+        f"  int32_t acc = {bias_ref};\n"
+        f"  for (int j = 0; j < (t1 - t0) * {line.row}; ++j) acc += w[j] * (x[j]{_plus(in_off)});\n"
+        + _indent(out("acc", "y", "c"), 2)
+        + "}\n"
+    )
+    # Positions in ascending order (front border, interior, back border): the order
+    # _line_in_place_gap assumes when the output overwrites the input.
+    code = _line_border(line, clipped, [(a, b) for a, b in line.border if a == 0])
     if n >= 2:
         two = (
             f"for (int c = 0; c < {pairs}; c += 2) {{\n"
@@ -633,18 +651,28 @@ def _line_conv_body(fn: str, line: _Line, oc: int, mults: _Multipliers, out_zp: 
             f"  int8_t *const y = out + {(line.hi - 1) * oc};\n"
             + _indent(one, 2) + "}\n"
         )
-    if line.border:
-        clipped = (
-            f"int8_t *const y = out + o * {oc};\n"
-            f"for (int c = 0; c < {oc}; ++c) {{\n"
-            f"  const int8_t *const w = {weights} + c * {window} + t0 * {line.row};\n"
-            f"  int32_t acc = {bias_ref};\n"
-            f"  for (int j = 0; j < (t1 - t0) * {line.row}; ++j) acc += w[j] * (x[j]{_plus(in_off)});\n"
-            + _indent(out("acc", "y", "c"), 2)
-            + "}\n"
-        )
-        code += _line_border(line, clipped)
+    code += _line_border(line, clipped, [(a, b) for a, b in line.border if a != 0])
     return code
+
+
+def _line_in_place_gap(line: _Line, out_row: int) -> int:
+    """The least ``input - output`` start distance (bytes) at which :func:`_line_conv_body`
+    may write its output over its own input.
+
+    Positions run in ascending order; interior positions go in pairs [lo, lo + 2), ...,
+    the odd last one (hi - 1) and the border alone. While position ``o``'s group is
+    computed, its ``out_row`` output bytes are written between reads of the group's
+    windows, and every later read starts at or after the group's first window start
+    ``max(0, g * stride - pad)`` steps of ``row`` bytes. So the output's bytes up to the
+    end of row ``o`` must lie below that input byte, for every ``o``."""
+    n = line.hi - line.lo
+    gap = None
+    for o in range(line.length_out):
+        paired = line.lo <= o < line.lo + n - n % 2
+        g = line.lo + (o - line.lo) // 2 * 2 if paired else o
+        need = (o + 1) * out_row - max(0, g * line.stride - line.pad) * line.row
+        gap = need if gap is None else max(gap, need)
+    return gap if gap is not None else 0
 
 
 def _line_depthwise_body(fn: str, line: _Line, c: int, mults: _Multipliers, out_zp: int, amin: int, amax: int,
@@ -734,16 +762,21 @@ def lower_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
     if line is not None:
         mults.right_shift_only(rounding, _acc_bound(weights.reshape(oc, -1), bias_full, bias))
 
-    def emit_line(fn: str) -> CFunction:
+    def emit_line(fn: str, in_place: bool = False) -> CFunction:
         data, nbytes, bias_ref = _filter_data(fn, weights, bias_full, bias, partial, mults, "c")
         body = _line_conv_body(fn, line, oc, mults.bind(fn), out_zp, amin, amax, in_off, bias_ref,
                                f"{fn}_weights", f"{fn}_bias_full")
+        # In place the output overwrites input bytes already read: no restrict then.
+        params = ("const int8_t *in, int8_t *out" if in_place
+                  else "const int8_t *restrict in, int8_t *restrict out")
+        where = (f"; in place: the output starts at least {_line_in_place_gap(line, oc)} bytes below the input "
+                 "and overwrites only input bytes already read" if in_place else "")
         func = (
             f"/* CONV_2D (op #{op.index}): {inp.describe()} -> {out.describe()}, filter {_shape(w)}, "
             f"stride {sh}x{sw}, padding {ph}x{pw}, {_ACTIVATIONS[act]} [{amin}, {amax}]; along one axis: "
             f"{line.length_out} positions, windows of {line.k} x {line.row} contiguous bytes, "
-            f"positions [{line.lo}, {line.hi}) unpadded */\n"
-            f"static void {fn}(const int8_t *restrict in, int8_t *restrict out) {{\n"
+            f"positions [{line.lo}, {line.hi}) unpadded{where} */\n"
+            f"static void {fn}({params}) {{\n"
             + _indent(body, 2) + "}\n"
         )
         return CFunction(data, func, nbytes)
@@ -805,7 +838,10 @@ def lower_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
         return CFunction(data, func, nbytes)
 
     macs = oh * ow * oc * kh * kw * ic
-    return Step(op, "compute", (inp.index,), out.index, emit, {"macs": macs})
+    if line is None:
+        return Step(op, "compute", (inp.index,), out.index, emit, {"macs": macs})
+    return Step(op, "compute", (inp.index,), out.index, emit, {"macs": macs},
+                in_place=_line_in_place_gap(line, oc), emit_in_place=lambda fn: emit_line(fn, in_place=True))
 
 
 # --- DEPTHWISE_CONV_2D ------------------------------------------------------------------
