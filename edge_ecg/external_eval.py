@@ -79,6 +79,21 @@ def _float_side(run: Path):
     return (lambda x: predict(model, standardizer.transform(x))), int(model.input_shape[1]), thresholds, note, MODEL_FILE
 
 
+def compressed_predictor(run: Path):
+    """(predict function on mV windows, window samples, model file) of the compress stage's model (QAT wrappers included)."""
+    from edge_ecg.compress import load_model
+    from edge_ecg.data import Standardizer
+    from edge_ecg.runfolder import RunError, RunFolder
+    from edge_ecg.train import STANDARDIZATION_FILE, predict
+
+    path = RunFolder(run).compressed_model()
+    if path is None:
+        raise RunError(f"{RunFolder(run).compress}: no compressed model in this run; run `edge-ecg compress --run {run} --qat` first")
+    model = load_model(path)
+    standardizer = Standardizer.load(run / STANDARDIZATION_FILE)
+    return (lambda x: predict(model, standardizer.transform(x))), int(model.input_shape[1]), str(path.relative_to(run))
+
+
 def _int8_side(run: Path, progress: bool):
     from edge_ecg.data import Standardizer
     from edge_ecg.export.convert import model_io
@@ -191,7 +206,7 @@ def evaluate_external(
         _float_side(run) if model == "float" else _int8_side(run, progress)
     )
     ds = dataset if dataset is not None else load_dataset(
-        data, config.rate, format=format, window=window, rhythm_only=rhythm_only, progress=progress
+        data, config.rate, format=format, window=window, rhythm_only=rhythm_only, leads=config.leads, progress=progress
     )
     if ds.signals.shape[1] != window:
         raise ExternalEvalError(f"{data}: records are {ds.signals.shape[1]} samples, the model's window is {window}")
@@ -238,7 +253,7 @@ def evaluate_external(
     }
 
     # files: only now, and only under out
-    from edge_ecg.runfolder import atomic_write_json, atomic_write_text
+    from edge_ecg.runfolder import atomic_write_json, atomic_write_text, write_report_json
 
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     np.save(out / "predictions" / "external_ecg_ids.npy", ids.astype(np.int64))
@@ -246,7 +261,7 @@ def evaluate_external(
     np.save(out / "predictions" / "external_labels.npy", labels.astype(np.uint8))
     atomic_write_text(out / RECORDS_FILE, _records_csv(ids, names, sources, windows, labels, probs, getattr(ds, "codes", {})))
     atomic_write_json(out / DATA_FILE, ds.summary())
-    atomic_write_json(out / METRICS_FILE, report)
+    report = write_report_json(out / METRICS_FILE, report)
     atomic_write_text(out / REPORT_FILE, markdown_report(report))
     if plots:
         from edge_ecg import plots as pl

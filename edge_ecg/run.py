@@ -34,9 +34,13 @@ def run_pipeline(
     preset: str = "quick",
     target: str = "esp32",
     seed: int = 0,
+    leads: str | list[str] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run every stage into ``run``; return each stage's key figures (also in ``run/pipeline.json``)."""
+    """Run every stage into ``run``; return each stage's key figures (also in ``run/pipeline.json``).
+
+    ``leads``: the model's input leads (a preset or names, see :mod:`edge_ecg.data.leads`; default all 12).
+    """
     from edge_ecg.bench import bench
     from edge_ecg.compress import compress
     from edge_ecg.data import load_ptbxl
@@ -57,7 +61,8 @@ def run_pipeline(
 
     say("1/6 data")
     dataset = load_ptbxl(data, progress=progress)
-    config = TrainConfig(arch=arch, data=str(Path(data).resolve()) if data else None, epochs=p["epochs"], seed=seed)
+    config = TrainConfig(arch=arch, data=str(Path(data).resolve()) if data else None, epochs=p["epochs"], seed=seed,
+                         **({} if leads is None else {"leads": leads}))
     stages = {"data": {k: v for k, v in dataset.summary().items() if k in ("records", "labelled", "skipped")}}
 
     say(f"2/6 train {arch} ({p['epochs']} epochs max)")
@@ -87,7 +92,7 @@ def run_pipeline(
 
     say("6/6 bench on the TFLite Micro host emulator")
     from edge_ecg.bench.runner import read_jsonl
-    from edge_ecg.runfolder import RunFolder
+    from edge_ecg.runfolder import RunFolder, write_report_json
 
     # continues its results unless they were measured on a model this export replaced
     header, _ = read_jsonl(RunFolder(run).bench_results("emulator-tflm"))
@@ -95,8 +100,7 @@ def run_pipeline(
     summary = bench(run, emulator="tflm", fresh=fresh, dataset=dataset, progress=progress)
     stages["bench"] = {"records": summary["records"], "identical_to_reference": summary["identical_to_reference"],
                        "macro_auc": summary.get("macro_auc"), "median_latency_us": summary["latency"].get("median_us")}
-    write_json(run / "pipeline.json", {"preset": preset, "arch": arch, "stages": stages})
-    return stages
+    return write_report_json(run / "pipeline.json", {"preset": preset, "arch": arch, "stages": stages})["stages"]
 
 
 def current_evaluation(run: Path) -> dict | None:

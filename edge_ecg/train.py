@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from edge_ecg import CLASSES, __version__
-from edge_ecg.data import PtbxlDataset, Split, Standardizer, load_ptbxl, split_folds
+from edge_ecg.data import LEADS, PtbxlDataset, Split, Standardizer, load_ptbxl, split_folds
 from edge_ecg.data.split import NonFiniteStandardization
 from edge_ecg.metrics import MetricError, macro_auc
 from edge_ecg.runfolder import (  # the run folder's names and readers live there; re-exported for callers
@@ -72,6 +72,14 @@ class TrainConfig:
     distill_temperature: float = 2.0
     val_fold: int = 9
     test_fold: int = 10
+    # the model's input channels, canonical names in order (edge_ecg.data.leads); a preset ("3") or
+    # comma list is accepted and stored as names. Configs written before this option mean all twelve.
+    leads: list[str] = field(default_factory=lambda: list(LEADS))
+
+    def __post_init__(self) -> None:
+        from edge_ecg.data.leads import parse_leads
+
+        self.leads = list(parse_leads(self.leads, "leads"))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -86,7 +94,10 @@ class TrainConfig:
 
 
 def load_split(config: TrainConfig, dataset: PtbxlDataset | None = None) -> Split:
+    from edge_ecg.data.leads import select_leads
+
     ds = dataset if dataset is not None else load_ptbxl(config.data, config.rate)
+    ds = select_leads(ds, config.leads)  # the model's channels, by name from the records' headers
     split = split_folds(ds, test_fold=config.test_fold, val_fold=config.val_fold)
     if config.train_limit is not None:
         split.train = split.train.select(np.arange(min(config.train_limit, len(split.train))))
@@ -261,7 +272,7 @@ def train(
 
                     console().print(f"{std_path}: not finite (left by a failed run); refitting it on the training folds")
         if standardizer is None:
-            standardizer = Standardizer.fit(split.train.signals)
+            standardizer = Standardizer.fit(split.train.signals, tuple(config.leads))
             standardizer.save(std_path)
         data = fit_data(split, standardizer, config.rate)
         np.save(run / "train_ecg_ids.npy", split.train.ecg_ids)  # which records this model learned from (audits, leaks)

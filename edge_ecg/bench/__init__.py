@@ -31,7 +31,7 @@ import numpy as np
 
 from edge_ecg.bench.runner import BenchError, ParityError, run_records, summarize
 from edge_ecg.bench.session import DeviceSession, RecordOutcome
-from edge_ecg.runfolder import RunError, RunFolder, atomic_write_json, locks_run
+from edge_ecg.runfolder import RunError, RunFolder, locks_run, write_report_json
 
 __all__ = ["BenchError", "DeviceSession", "ParityError", "RecordOutcome", "bench", "parity_check", "test_records"]
 
@@ -101,7 +101,7 @@ def external_records(run: str | os.PathLike, data: str | os.PathLike, *, limit: 
     exported = _export(run)
     config = TrainConfig.from_dict(read_run_config(run)["train"])
     shape = exported["tflite"]["input"]["shape"]
-    ds = dataset if dataset is not None else load_dataset(data, config.rate, window=int(shape[1]))
+    ds = dataset if dataset is not None else load_dataset(data, config.rate, window=int(shape[1]), leads=config.leads)
     if tuple(ds.signals.shape[1:]) != tuple(shape[1:]):
         raise BenchError(f"{data}: records are {tuple(ds.signals.shape[1:])} (samples, leads), the model takes {tuple(shape[1:])}")
     ids = ds.ecg_ids.astype(np.int64)
@@ -383,7 +383,7 @@ def bench(
     passed, verdict = parity_check(summary, allow_mismatch=allow_mismatch)
     summary["allow_mismatch"], summary["parity_check"] = allow_mismatch, verdict
     path = folder.bench_summary(backend)
-    atomic_write_json(path, summary)  # results are kept whatever the verdict
+    summary = write_report_json(path, summary)  # results are kept whatever the verdict; display floats rounded
     _write_reports(run, rows, summary)
     if not passed:
         fix = "" if summary["ok"] == 0 else "; pass --allow-mismatch (allow_mismatch=True) to accept them"

@@ -36,6 +36,7 @@ def load_dataset(
     format: str = "auto",
     window: int | None = None,
     rhythm_only: str = "sinus",
+    leads: "tuple[str, ...] | str | None" = None,
     cache_dir: str | os.PathLike | None = None,
     strict: bool = False,
     progress: bool = False,
@@ -43,8 +44,13 @@ def load_dataset(
     """Load a PTB-XL or CinC folder (``format='auto'`` detects it) as the records and labels every stage takes.
 
     ``window`` and ``rhythm_only`` apply to CinC folders (see :func:`edge_ecg.data.cinc.load_cinc`);
-    PTB-XL records are 10 s at 100 or 500 Hz, read as they are.
+    PTB-XL records are 10 s at 100 or 500 Hz, read as they are. ``leads`` (names or a preset,
+    see :mod:`edge_ecg.data.leads`; None: all twelve) picks the model's channels, in order; a CinC
+    record without one of them is skipped with a reason naming its file.
     """
+    from edge_ecg.data.leads import parse_leads, select_leads
+
+    leads = parse_leads(leads)
     if format not in FORMATS:
         import difflib
 
@@ -55,7 +61,7 @@ def load_dataset(
         ds = load_ptbxl(path, rate, cache_dir=cache_dir, strict=strict, progress=progress)
         if window is not None and ds.signals.shape[1] != window:
             raise DataError(f"{ds.root}: PTB-XL records are {ds.signals.shape[1]} samples at {rate} Hz, the model's window {window}")
-        return ds
+        return select_leads(ds, leads)
     from edge_ecg.data.cinc import load_cinc
 
-    return load_cinc(settings.data_dir(path), rate, window=window, rhythm_only=rhythm_only, strict=strict, progress=progress)
+    return load_cinc(settings.data_dir(path), rate, window=window, rhythm_only=rhythm_only, leads=leads, strict=strict, progress=progress)

@@ -48,17 +48,18 @@ class Standardizer:
 
     mean: np.ndarray  # (leads,) float32
     std: np.ndarray  # (leads,) float32
+    leads: tuple[str, ...] | None = None  # names of the channels; None: the first len(mean) of LEADS
 
     @classmethod
-    def fit(cls, signals: np.ndarray) -> "Standardizer":
-        """Per-lead mean and standard deviation over every record and sample of ``signals``."""
+    def fit(cls, signals: np.ndarray, leads: tuple[str, ...] | None = None) -> "Standardizer":
+        """Per-lead mean and standard deviation over every record and sample of ``signals`` (channels named ``leads``)."""
         if signals.ndim != 3 or signals.shape[0] == 0:
             raise ValueError(f"fit needs signals of shape (records, samples, leads), got {signals.shape}")
         flat = signals.reshape(-1, signals.shape[-1]).astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN input: reported below, naming the leads
             std = flat.std(axis=0)
         std[std == 0] = 1.0  # a constant lead is left unscaled rather than divided by zero
-        fitted = cls(flat.mean(axis=0).astype(np.float32), std.astype(np.float32))
+        fitted = cls(flat.mean(axis=0).astype(np.float32), std.astype(np.float32), tuple(leads) if leads is not None else None)
         if fitted.bad_leads():
             raise NonFiniteStandardization(
                 f"the training signals give a non-finite mean or std for lead(s) {fitted.bad_leads()}: they hold NaN, "
@@ -69,7 +70,12 @@ class Standardizer:
     def bad_leads(self) -> str:
         """Comma-separated names of the leads whose mean or std is not finite ('' when all are)."""
         bad = ~(np.isfinite(self.mean) & np.isfinite(self.std) & (self.std > 0))
-        return ",".join(LEADS[i] if i < len(LEADS) else str(i) for i in np.flatnonzero(bad))
+        return ",".join(self.lead_names()[i] for i in np.flatnonzero(bad))
+
+    def lead_names(self) -> list[str]:
+        """Names of the standardized channels (``leads``, else PTB-XL's order; an index where neither names one)."""
+        names = list(self.leads) if self.leads is not None else list(LEADS[: len(self.mean)])
+        return names + [str(i) for i in range(len(names), len(self.mean))]
 
     def transform(self, signals: np.ndarray) -> np.ndarray:
         if signals.shape[-1] != self.mean.shape[0]:
@@ -78,7 +84,7 @@ class Standardizer:
 
     def to_dict(self) -> dict:
         # float32 values stored as Python floats are exact and round-trip through JSON
-        return {"leads": list(LEADS[: len(self.mean)]), "mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {"leads": self.lead_names(), "mean": self.mean.tolist(), "std": self.std.tolist()}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``path`` atomically; a non-finite standardization is refused (it would poison every rerun)."""
@@ -94,7 +100,8 @@ class Standardizer:
         path = Path(path)
         try:
             d = json.loads(path.read_text())
-            loaded = cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32))
+            leads = tuple(d["leads"]) if isinstance(d.get("leads"), list) and len(d["leads"]) == len(d["mean"]) else None
+            loaded = cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32), leads)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{path}: not a standardization file ({exc})") from exc
         if loaded.bad_leads():

@@ -40,7 +40,16 @@ from edge_ecg.export.arena import target_arenas
 from edge_ecg.export.csources import SOURCE_FILES, c_sources, sha256, write_c_sources
 from edge_ecg.export.emulator import litert_run, measure_arena, tflm_run
 from edge_ecg.preprocess import clip_inputs, dequantize_output, quantize_input
-from edge_ecg.runfolder import EXPORT_DIR, EXPORT_FILE, TEST_IDS_FILE, TEST_OUTPUTS_FILE, TFLITE_FILE, RunFolder, sha256_file
+from edge_ecg.runfolder import (
+    EXPORT_DIR,
+    EXPORT_FILE,
+    TEST_IDS_FILE,
+    TEST_OUTPUTS_FILE,
+    TFLITE_FILE,
+    RunFolder,
+    sha256_file,
+    write_report_json,
+)
 
 CLIP_CANDIDATES = (3.0, 4.0, 5.0, 6.0, 8.0, None)
 """Clipping levels (standard deviations) tried by ``clip_sigma="auto"``; None: no clipping."""
@@ -279,7 +288,7 @@ def export(
     for bit against TFLite Micro on every test record.
     """
     from edge_ecg import CLASSES, __version__
-    from edge_ecg.data import LEADS, Standardizer
+    from edge_ecg.data import Standardizer
     from edge_ecg.evaluate import classification_report
     from edge_ecg.metrics import macro_auc
     from edge_ecg.progress import console, status
@@ -375,7 +384,7 @@ def export(
         thresholds=thresholds,
         lead_mean=standardizer.mean.tolist(),
         lead_std=standardizer.std.tolist(),
-        lead_names=list(LEADS[: len(standardizer.mean)]),
+        lead_names=list(config.leads),  # the run's lead set (edge_ecg.data.leads), the input channels in order
         sample_rate_hz=config.rate,
         arena_bytes=arena["recommended_bytes"],
         arena_min_bytes=arena["min_bytes"],
@@ -441,7 +450,7 @@ def export(
         aot = result["aot"]
         say(f"AOT C model: {aot['activation_bytes']:,} B activations (input included), {aot['weights_bytes']:,} B "
             f"constants; identical to TFLite Micro on {aot['identical_to_tflm']}/{aot['records']} test records")
-    write_json(out_dir / EXPORT_FILE, result)
+    result = write_report_json(out_dir / EXPORT_FILE, result)  # display floats rounded, quantization parameters exact
     _write_reports(run, out_dir, result, split.test.labels, p_test_float, p_test)
     say(
         f"int8 TFLM test macro AUC {report['macro_auc']:.4f} (float {float_auc:.4f}, drop {float_auc - report['macro_auc']:+.4f}); "

@@ -69,6 +69,12 @@ def _c_string(text: str) -> str:
     return f'"{text}"'
 
 
+def _lead_display(name: str) -> str:
+    from edge_ecg.data.leads import display_name  # aVR, not PTB-XL's AVR
+
+    return display_name(str(name))
+
+
 def _list(items: Sequence[str]) -> str:
     return "{ " + ", ".join(items) + " }"
 
@@ -185,7 +191,7 @@ def model_config_h(
         " *   if ECG_INPUT_CLIP_SIGMA > 0: clip z to +-ECG_INPUT_CLIP_SIGMA",
         " *   q = round(z / ECG_INPUT_SCALE) + ECG_INPUT_ZERO_POINT, clipped to [-128, 127] */",
         f"#define ECG_INPUT_SAMPLES {samples}",
-        f"#define ECG_INPUT_LEADS {leads}",
+        f"#define ECG_INPUT_LEADS {leads}" + (f"  /* {', '.join(_lead_display(n) for n in lead_names)} (ECG_LEAD_NAMES) */" if lead_names is not None else ""),
         "/* The firmware core's names (firmware/core/ee_config.h, built with -DEE_HAVE_MODEL_CONFIG=1). */",
         f"#define EE_INPUT_SAMPLES {samples}",
         f"#define EE_INPUT_LEADS {leads}",
@@ -204,7 +210,7 @@ def model_config_h(
         f"#define ECG_LEAD_STD {_list([c_float(v) for v in lead_std])}",
     ]
     if lead_names is not None:
-        lines.append(f"#define ECG_LEAD_NAMES {_list([_c_string(n) for n in lead_names])}")
+        lines.append(f"#define ECG_LEAD_NAMES {_list([_c_string(_lead_display(n)) for n in lead_names])}  /* the input channels, in order */")
     lines += [
         "",
         "/* Output: ECG_NUM_CLASSES int8 values, v = (q - ECG_OUTPUT_ZERO_POINT) * ECG_OUTPUT_SCALE;",

@@ -16,6 +16,10 @@
  *
  * PTB-XL's WFDB files store int16 ADC units at 1000 units per mV; divide by
  * 1000 (in float32) to get the millivolts this function takes.
+ *
+ * Nothing here assumes 12 leads: a reduced-lead model (edge-ecg --leads) has
+ * n_leads = ECG_INPUT_LEADS from its generated model_config.h, with the leads
+ * in the order of ECG_LEAD_NAMES and one ECG_LEAD_MEAN/ECG_LEAD_STD per lead.
  */
 #ifndef EE_PREPROCESS_H
 #define EE_PREPROCESS_H

@@ -3,7 +3,8 @@
  *
  * The checksum runner has the real model's shapes so that the host exercises
  * exactly the transfers a board does: one 1000 x 12 int8 record in, five
- * int8 scores out.
+ * int8 scores out. A run's generated model_config.h (edge-ecg export) sets
+ * EE_INPUT_LEADS to the run's lead count (--leads: 12, 6, 3, 2, 1 or a list).
  */
 #ifndef MODEL_CONFIG_H
 #define MODEL_CONFIG_H
