@@ -82,7 +82,7 @@ def test_two_round_simulation_with_a_fixed_seed_gives_the_same_model_twice(ptbxl
 
     config = FederateConfig(
         arch_kwargs=TINY_ARCH, rounds=2, local_epochs=1, site_train_limit=16, strategy="fedprox", proximal_mu=0.1,
-        batch_norm="local", compare=(), n_boot=20,
+        batch_norm="local", compare=(), n_boot=20, fine_tune="none", export_sites="none",
     )
     reports = [federate(tmp_path / f"run{k}", config, dataset=ptbxl) for k in (1, 2)]
     weights = [np.load(tmp_path / f"run{k}" / WEIGHTS_FILE) for k in (1, 2)]
@@ -114,3 +114,159 @@ def test_cli_refuses_more_clients_per_round_than_sites(ptbxl_dir, tmp_path, caps
     assert rc == 1
     assert "--clients-per-round 9: there are only 3 sites (AT-6, CS-12, unknown)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+def test_transfer_fine_tunes_every_site_and_exports_the_chosen_one(ptbxl, tmp_path):
+    """FedBN, then a head-only fine-tune per site from the global weights and the site's own batch norm (the rest of
+    the network stays the federated one), paired bootstrap vs local, and one site's run folder through the existing
+    export and firmware stages."""
+    from edge_ecg.federate import WEIGHTS_FILE, federate
+    from edge_ecg.federate.transfer import head_layers
+    from edge_ecg.runfolder import RunFolder, federate_site_dir
+    from edge_ecg.tf import keras
+
+    config = FederateConfig(
+        arch_kwargs=TINY_ARCH, rounds=1, local_epochs=1, site_train_limit=16, compare=("local",), n_boot=20,
+        fine_tune="head", fine_tune_epochs=1, export_sites="unknown", compress_epochs=0, export_max_drop=1.0,  # barely trained
+        batch_norm="local",
+    )
+    report = federate(tmp_path / "run", config, dataset=ptbxl)
+    sites = ["AT-6", "CS-12", "unknown"]
+    assert all("fine-tuned" in report["test_macro_auc"]["per_site"][s] for s in sites)
+    assert report["test_macro_auc"]["pooled"]["fine-tuned"]["macro_auc"] is not None
+    paired = report["paired"]
+    assert paired["model"] == "fine-tuned" and set(paired["vs_local"]) == {*sites, "pooled"}
+    assert paired["vs_local"]["CS-12"]["excluded_classes"] == ["HYP"]  # its fold 10 has no HYP record
+    assert paired["vs_local"]["AT-6"]["excluded_classes"] == [] and paired["vs_local"]["AT-6"]["ci95"][0] <= paired["vs_local"]["AT-6"]["difference"]
+
+    glob = np.load(tmp_path / "run" / WEIGHTS_FILE)
+    model = keras.models.load_model(RunFolder(federate_site_dir(tmp_path / "run", "AT-6")).model, compile=False)
+    head = {id(v) for layer in head_layers(model) for v in layer.weights}
+    shared = [i for i in range(len(model.weights)) if f"w{i:03d}" in glob.files]  # FedBN: batch norm is the site's own
+    assert 0 < len(shared) < len(model.weights)
+    changed = [i for i in shared if not np.array_equal(model.weights[i].numpy(), glob[f"w{i:03d}"])]
+    assert all(id(model.weights[i]) in head for i in changed), "head-only fine-tune changed another layer"
+    kept = report["transfer"]["AT-6"]["fine_tune"]["best_epoch"] == 0  # no epoch beat the federated model on validation
+    assert bool(changed) != kept
+
+    assert "error" not in report["transfer"]["unknown"], report["transfer"]["unknown"]
+    exported = RunFolder(federate_site_dir(tmp_path / "run", "unknown"))
+    assert exported.tflite.stat().st_size > 0 and (exported.firmware("esp32") / "CMakeLists.txt").is_file()
+    assert not RunFolder(federate_site_dir(tmp_path / "run", "AT-6")).export.exists()  # not asked for
+    assert np.load(exported.predictions / "test_ecg_ids.npy").tolist() == report_test_ids(ptbxl, "unknown")
+
+
+def report_test_ids(ptbxl, site: str) -> list[int]:
+    from edge_ecg.federate import site_of_records
+
+    sites = split_sites(ptbxl, site_of_records(ptbxl.root, "device"), train_limit=16)
+    return next(s.test for s in sites if s.name == site).tolist()
+
+
+@pytest.mark.slow
+def test_a_client_failing_mid_round_is_reported_and_the_round_goes_on(ptbxl, tmp_path, monkeypatch):
+    from edge_ecg.federate import FAIL_ENV, REPORT_MD, federate
+
+    monkeypatch.setenv(FAIL_ENV, "2:CS-12")
+    config = FederateConfig(arch_kwargs=TINY_ARCH, rounds=2, local_epochs=1, site_train_limit=16, compare=(), n_boot=20,
+                            fine_tune="none", export_sites="none")
+    report = federate(tmp_path / "run", config, dataset=ptbxl)
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert set(report["rounds"][0]["bytes_sent"]) == {"AT-6", "CS-12", "unknown"}
+    assert set(report["rounds"][1]["bytes_sent"]) == {"AT-6", "unknown"}  # round 2 aggregated without CS-12
+    (failure,) = report["failures"]
+    assert (failure["round"], failure["stage"], failure["site"]) == (2, "train", "CS-12")
+    assert "injected failure" in failure["error"]
+    assert report["test_macro_auc"]["pooled"]["federated"]["macro_auc"] is not None  # the run finished
+    assert "| 2 | train | CS-12 |" in (tmp_path / "run" / REPORT_MD).read_text()
+
+
+def test_fault_injection_spec_is_checked(monkeypatch):
+    from edge_ecg.federate import FAIL_ENV, _fail_at_from_env
+
+    monkeypatch.setenv(FAIL_ENV, "2:CS-12")
+    assert _fail_at_from_env() == (2, "CS-12")
+    monkeypatch.setenv(FAIL_ENV, "CS-12")
+    with pytest.raises(ValueError, match="expected ROUND:SITE"):
+        _fail_at_from_env()
+
+
+def test_a_client_whose_model_differs_gets_a_clear_error():
+    from edge_ecg import models
+    from edge_ecg.federate import _set_weights
+    from edge_ecg.runfolder import RunError
+
+    server = models.build("dscnn", num_samples=1000, num_leads=12, num_classes=5, **TINY_ARCH)
+    client = models.build("dscnn", num_samples=1000, num_leads=12, num_classes=5, filters=[8, 16, 32], strides=[4, 4, 4])
+    arrays = {f"w{i:03d}": v.numpy() for i, v in enumerate(server.weights)}
+    with pytest.raises(RunError, match="site CS-12: weight w0.. .* in this client's model but .* from the server; every site must build the same --arch"):
+        _set_weights(client, arrays, site="CS-12")
+    _set_weights(server, arrays, site="CS-12")  # the same model takes them
+
+
+def test_export_sites_must_name_sites(ptbxl, ptbxl_dir):
+    from edge_ecg.federate import _export_sites
+
+    sites = split_sites(ptbxl, site_of_records(ptbxl_dir, "device"))
+    assert _export_sites(FederateConfig(export_sites="all"), sites) == ["AT-6", "CS-12", "unknown"]
+    assert _export_sites(FederateConfig(export_sites="none"), sites) == []
+    with pytest.raises(ValueError, match="--export-sites: no site 'CS12'; the sites are AT-6, CS-12, unknown"):
+        _export_sites(FederateConfig(export_sites="CS12"), sites)
+
+
+@pytest.mark.slow
+def test_fine_tune_selects_on_validation_or_keeps_all_epochs_when_a_class_is_missing(tmp_path):
+    from edge_ecg import models
+    from edge_ecg.federate.transfer import fine_tune
+    from edge_ecg.train import FitData, FitOptions
+
+    rng = np.random.default_rng(0)
+    y = np.eye(5, dtype=np.float32)[np.arange(10) % 5]  # every class positive twice, negative eight times
+    data = FitData(rng.normal(size=(10, 1000, 12)).astype(np.float32), y, rng.normal(size=(10, 1000, 12)).astype(np.float32), y.copy())
+    model = models.build("dscnn", num_samples=1000, num_leads=12, num_classes=5, **TINY_ARCH)
+    done = fine_tune(model, data, tmp_path / "a", "all", FitOptions(epochs=2, augment=False))
+    assert done["best_epoch"] in (0, 1, 2) and done["val_auc"] >= done["start_val_auc"]  # epoch 0: the starting model
+    assert done["selection"] == ("best validation macro AUC" if done["best_epoch"] else "kept the federated model: no epoch beat its validation macro AUC")
+    assert (tmp_path / "a" / "history.csv").is_file()
+    assert all(layer.trainable for layer in model.layers)  # unfrozen again for compression
+    data.y_val[:, 4] = 0  # the site's validation fold has no HYP record: nothing to select on
+    done = fine_tune(model, data, tmp_path / "b", "head", FitOptions(epochs=1, augment=False))
+    assert done["selection"].startswith("none") and done["best_epoch"] is None
+    with pytest.raises(ValueError, match="--fine-tune 'last'"):
+        fine_tune(model, data, tmp_path / "c", "last", FitOptions(epochs=1))
+
+
+def test_cinc_sources_become_sites_beside_the_ptbxl_sites(ptbxl, ptbxl_dir):
+    from edge_ecg.federate import SITE_DATA_ID_OFFSET, load_sites_dataset
+
+    cinc = ptbxl_dir.parent / "cinc"
+    if not (cinc / "georgia").is_dir():
+        pytest.skip(f"no CinC sample at {cinc}")
+    config = FederateConfig(site_data=(f"georgia={cinc / 'georgia'}", f"chapman={cinc / 'chapman_shaoxing'}"))
+    ds, site_of = load_sites_dataset(config, ptbxl)
+    sites = {s.name: s for s in split_sites(ds, site_of)}
+    assert set(sites) == {"AT-6", "CS-12", "unknown", "georgia", "chapman"}
+    seen: set[int] = set()
+    for s in sites.values():
+        ids = set(s.ids().tolist())
+        assert not seen & ids and len(ids) == len(s.ids())
+        seen |= ids
+    assert set(sites["georgia"].ids().tolist()) <= set(range(SITE_DATA_ID_OFFSET, 2 * SITE_DATA_ID_OFFSET))
+    assert set(sites["chapman"].ids().tolist()) <= set(range(2 * SITE_DATA_ID_OFFSET, 3 * SITE_DATA_ID_OFFSET))
+    n = len(sites["georgia"].ids())
+    assert len(sites["georgia"].test) in (n // 10, n // 10 + 1) and len(sites["georgia"].train) >= 8 * n // 10 - 1
+    assert ds.signals.shape[1:] == ptbxl.signals.shape[1:]  # resampled to the model's rate and window
+
+
+@pytest.mark.parametrize("items, message", [(("georgia",), "expected NAME=PATH"), (("a=x", "a=y"), "site 'a' is given twice")])
+def test_bad_site_data_is_named(items, message):
+    with pytest.raises(ValueError, match=message):
+        FederateConfig(site_data=items).check()
+
+
+def test_site_data_may_not_reuse_a_ptbxl_site_name(ptbxl, ptbxl_dir):
+    from edge_ecg.federate import load_sites_dataset
+
+    with pytest.raises(ValueError, match="a PTB-XL site is already called 'CS-12'"):
+        load_sites_dataset(FederateConfig(site_data=(f"CS-12={ptbxl_dir.parent / 'cinc' / 'georgia'}",)), ptbxl)

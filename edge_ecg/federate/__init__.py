@@ -1,4 +1,4 @@
-"""Federated learning across sites on Flower (issue 14, first slice): sites, FedAvg/FedProx, FedBN, report.
+"""Federated transfer learning across sites on Flower (issue 14): sites, FedAvg/FedProx, FedBN, per-site transfer, report.
 
 A *site* is a partition of PTB-XL by a metadata column of ``ptbxl_database.csv`` that never
 leaves its client:
@@ -21,7 +21,17 @@ value is undefined and reported as ``null`` with the reason, and the pooled AUC 
 
 Training runs on Flower's Message API: a ClientApp (``@app.train()``, ``@app.evaluate()``) and a
 ServerApp (``@app.main()``) driving ``flwr.serverapp.strategy.FedAvg`` or ``FedProx``, run by
-``flwr.simulation.run_simulation`` (one Ray actor per client, on this machine).
+``flwr.simulation.run_simulation`` (one Ray actor per client, on this machine), or with
+``deployment=HOST:PORT`` by ``flwr run`` on a SuperLink and its SuperNodes (:mod:`.deploy`).
+
+After the federation, :mod:`.transfer` fine-tunes the model per site and runs the existing
+compress, export and firmware stages on each site's own run folder (``sites/<site>/``).
+
+Failures: a client that raises during a round is left out of that round's aggregation (Flower's
+strategies aggregate the replies without error) and the report lists round, stage, site and error.
+``EDGE_ECG_FEDERATE_FAIL=ROUND:SITE`` injects such a failure (:data:`FAIL_ENV`). A client whose
+model differs from the server's (:func:`model_fingerprint`: arch, arch kwargs, input shape,
+classes) refuses every message with an error naming both.
 
 Local epochs: :func:`edge_ecg.train.fit` cannot serve one round's local epochs. It selects a best
 epoch on the validation fold (and refuses a site whose validation fold lacks a class), writes a
@@ -49,6 +59,8 @@ Run folder files (all written atomically)::
     federate_auc_rounds.png  validation macro AUC per round, per site
     federate_weights.npz     the final global weights (w000, w001, ... in model.weights order)
     predictions/federate_<model>.npz   per-site test probabilities, labels and ecg_ids
+    sites/<site>/            each site's run folder: fine-tuned model, compress/, export/, firmware/ (transfer)
+    flower_app/, flower_results.npz|json   with --deployment: the app flwr runs and what its ServerApp wrote
 """
 
 from __future__ import annotations
@@ -64,7 +76,7 @@ import numpy as np
 
 from edge_ecg import CLASSES, __version__
 from edge_ecg.data import DataError, PtbxlDataset, Standardizer, load_ptbxl, split_folds
-from edge_ecg.metrics import MetricError, bootstrap_auc, macro_auc, per_class_auc
+from edge_ecg.metrics import MetricError, bootstrap_auc, macro_auc, paired_bootstrap, per_class_auc
 from edge_ecg.runfolder import (  # a federated run folder's file names are the run-folder module's
     FEDERATE_CONFIG,
     FEDERATE_REPORT_JSON as REPORT_JSON,
@@ -80,13 +92,14 @@ from edge_ecg.runfolder import (  # a federated run folder's file names are the 
     atomic_write_json,
     atomic_write_text,
 )
+from edge_ecg.federate.transfer import FINE_TUNE
 from edge_ecg.train import FitData, FitOptions, fit_data
 
 SITE_COLUMNS = ("device", "site")
 BLANK_CHOICES = ("unknown", "drop")
 STRATEGIES = ("fedavg", "fedprox")
 BATCH_NORM = ("global", "local")
-MODELS = ("local", "federated", "centralized")  # what the report compares
+MODELS = ("local", "federated", "fine-tuned", "centralized")  # what the report compares
 
 
 @dataclass
@@ -104,14 +117,22 @@ class FederateConfig:
     clients_per_round: int | None = None  # None: every site, every round
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
-    batch_norm: str = "global"
+    batch_norm: str = "global"  # measured against "local" (FedBN) over 25 rounds: ties pooled, better on 2 of 3 sites (README)
     batch_size: int = 32
     learning_rate: float = 2e-3
     augment: bool = True
     seed: int = 0
     site_train_limit: int | None = None  # first N training records of each site (smoke tests)
+    site_data: tuple[str, ...] = ()  # NAME=PATH: another data folder (CinC, ...) as one more site, see load_sites_dataset
     compare: tuple[str, ...] = ("local", "centralized")  # baselines trained besides the federation
     n_boot: int = 1000
+    fine_tune: str = "head"  # transfer after federation: none | head | all (edge_ecg.federate.transfer); head: measured, see README
+    fine_tune_epochs: int = 10
+    fine_tune_lr: float = 5e-4
+    export_sites: str = "all"  # sites whose run folder gets compress/export/firmware: all | none | NAME,NAME
+    compress_epochs: int = 2  # QAT epochs per exported site (0: export the float fine-tuned model)
+    export_max_drop: float = 0.01  # export's limit on the int8 model's validation macro AUC loss (on the site's fold 9)
+    target: str = "esp32"
 
     def check(self) -> None:
         """ValueError naming the option, what is allowed and what was given."""
@@ -120,16 +141,20 @@ class FederateConfig:
             ("blank", self.blank, BLANK_CHOICES),
             ("strategy", self.strategy, STRATEGIES),
             ("batch_norm", self.batch_norm, BATCH_NORM),
+            ("fine_tune", self.fine_tune, FINE_TUNE),
         ):
             if value not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} {value!r}: choose one of {', '.join(allowed)}")
-        for name in ("rounds", "local_epochs", "batch_size"):
+        for name in ("rounds", "local_epochs", "batch_size", "fine_tune_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.clients_per_round is not None and self.clients_per_round < 1:
             raise ValueError(f"--clients-per-round must be at least 1, got {self.clients_per_round}")
+        if self.compress_epochs < 0:
+            raise ValueError(f"--compress-epochs must be >= 0, got {self.compress_epochs}")
         if self.proximal_mu < 0:
             raise ValueError(f"--proximal-mu must be >= 0, got {self.proximal_mu}")
+        parse_site_data(self.site_data)
         unknown = sorted(set(self.compare) - {"local", "centralized"})
         if unknown:
             raise ValueError(f"compare: unknown baseline(s) {', '.join(unknown)}; choose from local, centralized")
@@ -170,6 +195,71 @@ def site_of_records(root: str | os.PathLike, column: str, blank: str = "unknown"
         else:
             out[int(ecg_id)] = f"site-{int(float(value))}"
     return out
+
+
+SITE_DATA_ID_OFFSET = 1_000_000
+"""The k-th ``--site-data`` folder's records get ecg_id ``SITE_DATA_ID_OFFSET * k + `` their reader's id (k from 1),
+so they never collide with PTB-XL's (below 22,000) or another folder's."""
+
+
+def parse_site_data(items) -> list[tuple[str, str]]:
+    """``NAME=PATH`` items as (name, path); ValueError naming a malformed or repeated one."""
+    out: list[tuple[str, str]] = []
+    for item in items:
+        name, sep, path = str(item).partition("=")
+        name = name.strip()
+        if not sep or not name or not path.strip() or "/" in name:
+            raise ValueError(f"--site-data {item!r}: expected NAME=PATH (e.g. georgia=../shared/data/cinc/georgia)")
+        if name in {n for n, _ in out}:
+            raise ValueError(f"--site-data: site {name!r} is given twice")
+        out.append((name, path.strip()))
+    return out
+
+
+def _assign_folds(ecg_ids: np.ndarray) -> np.ndarray:
+    """Folds 1..10 for a folder without PTB-XL's: records in id order take folds 1, 2, ..., 10, 1, ... (windows of one record share it)."""
+    unique = np.unique(ecg_ids)
+    fold_of = {int(i): k % 10 + 1 for k, i in enumerate(unique)}
+    return np.array([fold_of[int(i)] for i in ecg_ids], dtype=np.int64)
+
+
+def load_sites_dataset(config: FederateConfig, dataset: PtbxlDataset | None = None) -> tuple[PtbxlDataset, dict[int, str]]:
+    """PTB-XL (``config.data``, split by ``--site-by``) plus every ``--site-data`` folder as one site each; returns (records, ecg_id -> site).
+
+    A ``--site-data`` folder is read by :func:`edge_ecg.data.formats.load_dataset` (PTB-XL or CinC,
+    detected) at the model's rate and window. CinC folders have no folds of PTB-XL's kind (their
+    records are fold 0): their records are dealt round-robin into folds 1..10 in ecg_id order, so
+    the site's split is 8/1/1 by record, like PTB-XL's. Their ecg_ids are offset (:data:`SITE_DATA_ID_OFFSET`).
+    """
+    from dataclasses import replace
+
+    from edge_ecg.data.cinc import EXTERNAL_FOLD
+    from edge_ecg.data.formats import load_dataset
+
+    ds = dataset if dataset is not None else load_ptbxl(config.data, config.rate, progress=False)
+    if ds.root is None:
+        raise DataError("the dataset has no root folder; sites are read from its ptbxl_database.csv")
+    site_of = site_of_records(ds.root, config.site_by, config.blank, config.rate)
+    extra = parse_site_data(config.site_data)
+    if not extra:
+        return ds, site_of
+    taken = set(site_of.values())
+    parts = [ds]
+    for k, (name, path) in enumerate(extra, start=1):
+        if name in taken:
+            raise ValueError(f"--site-data {name}={path}: a PTB-XL site is already called {name!r}; choose another name")
+        part = load_dataset(path, ds.rate, window=ds.signals.shape[1], progress=False)
+        if len(part) == 0:
+            raise DataError(f"--site-data {name}={path}: no labelled record to train on")
+        ids = part.ecg_ids.astype(np.int64) + SITE_DATA_ID_OFFSET * k
+        folds = _assign_folds(ids) if (part.folds == EXTERNAL_FOLD).all() else part.folds
+        parts.append(replace(ds, signals=part.signals, labels=part.labels.astype(ds.labels.dtype), folds=folds, ecg_ids=ids,
+                             patient_ids=part.patient_ids))
+        site_of.update({int(i): name for i in ids})
+    combined = replace(
+        ds, **{f: np.concatenate([getattr(p, f) for p in parts]) for f in ("signals", "labels", "folds", "ecg_ids", "patient_ids")}
+    )
+    return combined, site_of
 
 
 def split_sites(ds: PtbxlDataset, site_of: dict[int, str], train_limit: int | None = None) -> list[Site]:
@@ -221,7 +311,8 @@ def _site_data(ds: PtbxlDataset, site: Site) -> tuple[FitData, dict]:
     split = Split(train=part(site.train), val=part(site.val), test=part(site.test))
     standardizer = Standardizer.fit(split.train.signals)
     data = fit_data(split, standardizer, ds.rate)
-    test = {"x": standardizer.transform(split.test.signals), "y": split.test.labels.astype(np.float32), "ids": split.test.ecg_ids}
+    test = {"x": standardizer.transform(split.test.signals), "y": split.test.labels.astype(np.float32), "ids": split.test.ecg_ids,
+            "standardizer": standardizer}
     return data, test
 
 
@@ -297,6 +388,31 @@ class _Plan:
     config: FederateConfig
     data_root: str | None
     sites: list[Site]
+    model: str = ""  # model_fingerprint of the server's model; a client whose own differs refuses the message
+    fail_at: tuple[int, str] | None = None  # fault injection: (round, site) whose training raises; see FAIL_ENV
+
+
+FAIL_ENV = "EDGE_ECG_FEDERATE_FAIL"
+"""Fault injection for tests and drills: ``ROUND:SITE`` (e.g. ``2:CS-12``) makes that site's client raise
+during that round's training. The round goes on with the other sites and the report lists the failure."""
+
+
+def _fail_at_from_env() -> tuple[int, str] | None:
+    value = os.environ.get(FAIL_ENV, "").strip()
+    if not value:
+        return None
+    round_text, _, site = value.partition(":")
+    if not round_text.isdigit() or not site:
+        raise ValueError(f"{FAIL_ENV}={value!r}: expected ROUND:SITE, e.g. 2:CS-12")
+    return int(round_text), site
+
+
+def model_fingerprint(config: FederateConfig, data: FitData) -> str:
+    """What must be equal on the server and every client for their weights to fit each other."""
+    import json
+
+    kwargs = json.dumps(config.arch_kwargs, sort_keys=True)
+    return f"{config.arch} {kwargs} input {data.x_train.shape[1]}x{data.x_train.shape[2]} classes {len(CLASSES)}"
 
 
 _SITE_CACHE: dict = {}  # per process (one Ray actor): the site's arrays, read once
@@ -307,7 +423,9 @@ def _client_site(plan: _Plan, partition: int):
     # keyed by content, not id(): an actor may outlive one simulation and ids are reused
     key = (plan.data_root, plan.config.rate, site.name, site.ids().tobytes())
     if key not in _SITE_CACHE:
-        ds = load_ptbxl(plan.data_root, plan.config.rate, progress=False)
+        from dataclasses import replace
+
+        ds, _ = load_sites_dataset(replace(plan.config, data=plan.data_root))
         _SITE_CACHE[key] = _site_data(ds, site)
     return _SITE_CACHE[key]
 
@@ -320,14 +438,32 @@ def _build_model(config: FederateConfig, data: FitData):
     )
 
 
-def _set_weights(model, arrays, local_bn=None) -> None:
-    """Global ``arrays`` (by key), then the site's own batch-norm weights over them (FedBN)."""
-    for i, v in enumerate(model.weights):
-        if _key(i) in arrays:
-            v.assign(arrays[_key(i)].numpy())
-    if local_bn is not None:
-        for key in local_bn.keys():
-            model.weights[int(key[1:])].assign(local_bn[key].numpy())
+def _set_weights(model, arrays, local_bn=None, *, site: str = "") -> None:
+    """Global ``arrays`` (by key), then the site's own batch-norm weights over them (FedBN).
+
+    RunError naming the first weight whose shape differs (clients built another model).
+    """
+    keys = set(arrays.keys())
+    if not keys <= {_key(i) for i in range(len(model.weights))}:
+        raise RunError(
+            f"site {site}: the server sent {len(keys)} weight arrays up to {max(keys)}, this client's model has "
+            f"{len(model.weights)}; every site must build the same --arch with the same --arch-arg and --rate"
+        )
+    for source, where in ((arrays, "from the server"), (local_bn or {}, "in the site's own batch-norm weights")):
+        for i, v in enumerate(model.weights):
+            if _key(i) not in source:
+                continue
+            value = _as_numpy(source[_key(i)])  # a Flower Array, or numpy (the recorder's copies)
+            if tuple(value.shape) != tuple(v.shape):
+                raise RunError(
+                    f"site {site}: weight {_key(i)} ({v.name}) is {tuple(v.shape)} in this client's model but "
+                    f"{tuple(value.shape)} {where}; every site must build the same --arch with the same --arch-arg and --rate"
+                )
+            v.assign(value)
+
+
+def _as_numpy(value) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
 def _array_record(arrays: dict[str, np.ndarray]):
@@ -337,27 +473,42 @@ def _array_record(arrays: dict[str, np.ndarray]):
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
-def _client_app(plan: _Plan):
+def _client_app(plan: _Plan | None = None, plan_of=None):
+    """The ClientApp: one site's client. ``plan`` (simulation), or ``plan_of(context)`` (a deployment reads it from the run config)."""
     from flwr.app import Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
     from edge_ecg.train import predict
 
     app = ClientApp()
-    config = plan.config
+    if plan_of is None:
+        plan_of = lambda context: plan  # noqa: E731
 
     def prepare(msg, context):
+        plan = plan_of(context)
+        config = plan.config
         partition = int(context.node_config["partition-id"])
+        if not 0 <= partition < len(plan.sites):
+            raise RunError(f"partition-id {partition}: there are {len(plan.sites)} sites ({', '.join(s.name for s in plan.sites)}), ids 0-{len(plan.sites) - 1}")
         data, test = _client_site(plan, partition)
+        site = plan.sites[partition].name
+        ours, theirs = model_fingerprint(config, data), msg.content["config"].get("model")
+        if theirs is not None and theirs != ours:
+            raise RunError(f"site {site}: model configuration differs from the server's (server: {theirs}; this client: {ours}); "
+                           "start every client with the same --arch, --arch-arg and --rate")
         model = _build_model(config, data)
         local_bn = context.state.array_records.get("bn") if config.batch_norm == "local" else None
-        _set_weights(model, msg.content["arrays"], local_bn)
+        _set_weights(model, msg.content["arrays"], local_bn, site=site)
         return partition, data, test, model
 
     @app.train()
     def train(msg, context):
+        plan = plan_of(context)
+        config = plan.config
         partition, data, _, model = prepare(msg, context)
         server_round = int(msg.content["config"]["server-round"])
+        if plan.fail_at == (server_round, plan.sites[partition].name):
+            raise RuntimeError(f"injected failure ({FAIL_ENV}) of site {plan.sites[partition].name} in round {server_round}")
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
         options = FitOptions(
             epochs=config.local_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed, augment=config.augment
@@ -375,12 +526,16 @@ def _client_app(plan: _Plan):
 
     @app.evaluate()
     def evaluate(msg, context):
+        config = plan_of(context).config
         partition, data, test, model = prepare(msg, context)
         p_val = predict(model, data.x_val)
         if msg.content["config"].get("report", False):  # the last message: this site's predictions for the report
             probs = _array_record({"val": p_val, "test": predict(model, test["x"])})
             metrics = MetricRecord({"num-examples": len(test["x"]), "site-index": partition})
-            return Message(RecordDict({"predictions": probs, "metrics": metrics}), reply_to=msg)
+            content = {"predictions": probs, "metrics": metrics}
+            if config.batch_norm == "local":  # the site's own model for its fine-tune: global weights + these
+                content["bn"] = _array_record({_key(i): model.weights[i].numpy() for i in _bn_indices(model)})
+            return Message(RecordDict(content), reply_to=msg)
         auc = _auc_or_none(data.y_val, p_val)
         metrics = MetricRecord({"num-examples": len(data.x_val), "site-index": partition, "val-auc": float("nan") if auc is None else auc})
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
@@ -394,21 +549,36 @@ class _Recorder:
     def __init__(self, n_sites: int):
         self.train: list[dict] = []  # one dict per round: site index -> metrics
         self.evaluate: list[dict] = []
-        self.failures: list[dict] = []
+        self.failures: list[dict] = []  # round, stage, node, error (the site is filled in from node_site)
+        self.node_site: dict[int, int] = {}  # node id -> site index, learnt from the replies that succeeded
         self.arrays: dict[str, np.ndarray] | None = None
         self.predictions: dict[int, dict[str, np.ndarray]] = {}
+        self.site_bn: dict[int, dict[str, np.ndarray]] = {}  # FedBN: each site's own batch-norm weights at the end
+        self.error: str | None = None  # a deployment's ServerApp: why it stopped
         self.n_sites = n_sites
+
+    def failures_by_site(self, names: list[str]) -> list[dict]:
+        """The failures with the site's name where a reply from the same node ever said which site it is."""
+        return [{**f, "site": names[self.node_site[f["node"]]] if f["node"] in self.node_site else None} for f in self.failures]
 
 
 def _ordered_strategy(base, recorder: _Recorder):
     """``base`` (FedAvg or FedProx) aggregating replies in site order and recording them."""
 
-    def site_order(replies):
+    def site_order(replies, server_round, stage):
         replies = list(replies)
         ok = [m for m in replies if not m.has_error()]
+        for m in ok:
+            recorder.node_site[int(m.metadata.src_node_id)] = int(m.content["metrics"]["site-index"])
+        served = [int(m.content["metrics"]["site-index"]) for m in ok]
+        if len(set(served)) != len(served):  # two SuperNodes started with the same partition-id
+            twice = sorted({i for i in served if served.count(i) > 1})
+            raise RunError(f"round {server_round}: more than one client serves partition-id {twice}; give each SuperNode its own partition-id")
         for m in replies:
             if m.has_error():
-                recorder.failures.append({"node": int(m.metadata.src_node_id), "error": str(m.error.reason)})
+                recorder.failures.append(
+                    {"round": server_round, "stage": stage, "node": int(m.metadata.src_node_id), "error": str(m.error.reason)}
+                )
         ok.sort(key=lambda m: int(m.content["metrics"]["site-index"]))
         return ok + [m for m in replies if m.has_error()]
 
@@ -421,12 +591,12 @@ def _ordered_strategy(base, recorder: _Recorder):
 
     class Ordered(base):
         def aggregate_train(self, server_round, replies):
-            replies = site_order(replies)
+            replies = site_order(replies, server_round, "train")
             recorder.train.append(rows(replies, ("num-examples", "train-loss", "bytes-sent")))
             return super().aggregate_train(server_round, replies)
 
         def aggregate_evaluate(self, server_round, replies):
-            replies = site_order(replies)
+            replies = site_order(replies, server_round, "evaluate")
             recorder.evaluate.append(rows(replies, ("num-examples", "val-auc")))
             return super().aggregate_evaluate(server_round, replies)
 
@@ -434,36 +604,71 @@ def _ordered_strategy(base, recorder: _Recorder):
 
 
 def _server_app(plan: _Plan, initial: dict[str, np.ndarray], recorder: _Recorder):
-    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
     from flwr.serverapp import ServerApp
-    from flwr.serverapp.strategy import FedAvg, FedProx
 
-    config, n = plan.config, len(plan.sites)
-    k = config.clients_per_round or n
     app = ServerApp()
 
     @app.main()
     def main(grid, context) -> None:
-        random.seed(config.seed)  # Flower samples the clients of a round with Python's random
-        common = dict(fraction_train=k / n, min_train_nodes=k, fraction_evaluate=1.0, min_evaluate_nodes=n, min_available_nodes=n)
-        if config.strategy == "fedprox":
-            strategy = _ordered_strategy(FedProx, recorder)(proximal_mu=config.proximal_mu, **common)
-        else:
-            strategy = _ordered_strategy(FedAvg, recorder)(**common)
-        result = strategy.start(grid=grid, initial_arrays=_array_record(initial), num_rounds=config.rounds)
-        recorder.arrays = {key: result.arrays[key].numpy() for key in result.arrays.keys()}
-        # One more message to every site: its predictions with the final model (and its own BN under FedBN).
-        content = RecordDict({"arrays": result.arrays, "config": ConfigRecord({"report": True})})
-        messages = [Message(content, dst_node_id=node, message_type=MessageType.EVALUATE) for node in grid.get_node_ids()]
-        for reply in grid.send_and_receive(messages):
-            if reply.has_error():
-                recorder.failures.append({"node": int(reply.metadata.src_node_id), "error": str(reply.error.reason), "stage": "report"})
-                continue
-            site = int(reply.content["metrics"]["site-index"])
-            preds = reply.content["predictions"]
-            recorder.predictions[site] = {"val": preds["val"].numpy(), "test": preds["test"].numpy()}
+        server_main(grid, plan, initial, recorder)
 
     return app
+
+
+NODE_WAIT_S = 600.0
+"""How long the ServerApp waits for one client per site before giving up (Flower's strategies wait forever)."""
+
+
+def wait_for_nodes(grid, plan: _Plan, timeout: float | None = None) -> None:
+    """RunError when fewer clients than sites are connected after ``timeout`` s (default :data:`NODE_WAIT_S`)."""
+    import time
+
+    n = len(plan.sites)
+    deadline = time.monotonic() + (NODE_WAIT_S if timeout is None else timeout)
+    while (connected := len(list(grid.get_node_ids()))) < n:
+        if time.monotonic() >= deadline:
+            raise RunError(
+                f"{connected} of {n} clients connected within {NODE_WAIT_S if timeout is None else timeout:g} s; start one SuperNode per site "
+                f"({', '.join(f'{s.name}: partition-id={i}' for i, s in enumerate(plan.sites))}, num-partitions={n})"
+            )
+        time.sleep(1)
+
+
+def server_main(grid, plan: _Plan, initial: dict[str, np.ndarray], recorder: _Recorder) -> None:
+    """The ServerApp's work: the strategy's rounds, then one message to every site for its report predictions."""
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+    from flwr.serverapp.strategy import FedAvg, FedProx
+
+    config, n = plan.config, len(plan.sites)
+    k = config.clients_per_round or n
+    wait_for_nodes(grid, plan)
+    random.seed(config.seed)  # Flower samples the clients of a round with Python's random
+    common = dict(fraction_train=k / n, min_train_nodes=k, fraction_evaluate=1.0, min_evaluate_nodes=n, min_available_nodes=n)
+    if config.strategy == "fedprox":
+        strategy = _ordered_strategy(FedProx, recorder)(proximal_mu=config.proximal_mu, **common)
+    else:
+        strategy = _ordered_strategy(FedAvg, recorder)(**common)
+    model = ConfigRecord({"model": plan.model})
+    result = strategy.start(
+        grid=grid, initial_arrays=_array_record(initial), num_rounds=config.rounds, train_config=model, evaluate_config=model
+    )
+    recorder.arrays = {key: result.arrays[key].numpy() for key in result.arrays.keys()}
+    # One more message to every site: its predictions with the final model (and its own BN under FedBN).
+    content = RecordDict({"arrays": result.arrays, "config": ConfigRecord({"report": True, "model": plan.model})})
+    messages = [Message(content, dst_node_id=node, message_type=MessageType.EVALUATE) for node in grid.get_node_ids()]
+    for reply in grid.send_and_receive(messages):
+        if reply.has_error():
+            recorder.failures.append(
+                {"round": None, "stage": "report", "node": int(reply.metadata.src_node_id), "error": str(reply.error.reason)}
+            )
+            continue
+        site = int(reply.content["metrics"]["site-index"])
+        recorder.node_site[int(reply.metadata.src_node_id)] = site
+        preds = reply.content["predictions"]
+        recorder.predictions[site] = {"val": preds["val"].numpy(), "test": preds["test"].numpy()}
+        if "bn" in reply.content.array_records:
+            bn = reply.content["bn"]
+            recorder.site_bn[site] = {key: bn[key].numpy() for key in bn.keys()}
 
 
 def _quiet_flower_environment() -> None:
@@ -491,13 +696,18 @@ def run_federation(plan: _Plan, initial: dict[str, np.ndarray], *, verbose: bool
         backend_config=backend,
         verbose_logging=verbose,
     )
+    check_finished(plan, recorder)
+    return recorder
+
+
+def check_finished(plan: _Plan, recorder: _Recorder) -> None:
+    """RunError naming the sites without predictions (and the failures) when the federation did not finish."""
     if recorder.arrays is None or len(recorder.predictions) != len(plan.sites):
         missing = sorted(set(range(len(plan.sites))) - set(recorder.predictions))
         raise RunError(
             f"the federation did not finish: no final model or no predictions from site(s) "
-            f"{', '.join(plan.sites[i].name for i in missing)}; failures: {recorder.failures or 'none reported'}"
+            f"{', '.join(plan.sites[i].name for i in missing)}; failures: {recorder.failures_by_site([s.name for s in plan.sites]) or 'none reported'}"
         )
-    return recorder
 
 
 # --------------------------------------------------------------------------- the stage
@@ -518,8 +728,15 @@ def _nanmean(values: np.ndarray) -> float | None:
     return float(np.nanmean(values)) if np.isfinite(values).any() else None
 
 
-def federate(run: str | os.PathLike, config: FederateConfig, *, dataset: PtbxlDataset | None = None, verbose: bool = False) -> dict:
-    """Federate ``config.arch`` across sites into ``run`` and write the report; returns the report dict."""
+def federate(
+    run: str | os.PathLike, config: FederateConfig, *, dataset: PtbxlDataset | None = None, verbose: bool = False,
+    deployment: str | None = None,
+) -> dict:
+    """Federate ``config.arch`` across sites into ``run`` and write the report; returns the report dict.
+
+    ``deployment`` (a SuperLink's Control API address, ``HOST:PORT``) runs the same apps on a Flower
+    deployment (:mod:`edge_ecg.federate.deploy`) instead of the simulation.
+    """
     from edge_ecg import models
     from edge_ecg.tf import keras
 
@@ -527,12 +744,18 @@ def federate(run: str | os.PathLike, config: FederateConfig, *, dataset: PtbxlDa
     if config.arch not in models.ARCHITECTURES:
         models.build(config.arch)  # the "did you mean" error before anything is written
     run = Path(run)
-    ds = dataset if dataset is not None else load_ptbxl(config.data, config.rate, progress=False)
-    if ds.root is None:
-        raise DataError("the dataset has no root folder; sites are read from its ptbxl_database.csv")
-    sites = split_sites(ds, site_of_records(ds.root, config.site_by, config.blank, config.rate), config.site_train_limit)
+    ds, site_of = load_sites_dataset(config, dataset)
+    sites = split_sites(ds, site_of, config.site_train_limit)
     if config.clients_per_round is not None and config.clients_per_round > len(sites):
         raise ValueError(f"--clients-per-round {config.clients_per_round}: there are only {len(sites)} sites ({', '.join(s.name for s in sites)})")
+    export_sites = _export_sites(config, sites)
+    fail_at = _fail_at_from_env()
+    if fail_at is not None and fail_at[1] not in {s.name for s in sites}:
+        raise ValueError(f"{FAIL_ENV}: no site {fail_at[1]!r}; the sites are {', '.join(s.name for s in sites)}")
+    if deployment:  # before anything is written: an unreachable SuperLink is a clear error within seconds
+        from edge_ecg.federate.deploy import check_reachable
+
+        check_reachable(deployment)
     with RunLock(run, "federate", create=True):
         atomic_write_json(run / FEDERATE_CONFIG, {"format": RUN_FORMAT, "edge_ecg": __version__, "federate": asdict(config)})
         summary = sites_summary(ds, sites, config.site_by, config.blank)
@@ -543,8 +766,13 @@ def federate(run: str | os.PathLike, config: FederateConfig, *, dataset: PtbxlDa
         model = _build_model(config, site_data[0][0])
         initial = {_key(i): v.numpy() for i, v in enumerate(model.weights)}
 
-        plan = _Plan(config, str(ds.root), sites)
-        recorder = run_federation(plan, initial, verbose=verbose)
+        plan = _Plan(config, str(ds.root), sites, model=model_fingerprint(config, site_data[0][0]), fail_at=fail_at)
+        if deployment:
+            from edge_ecg.federate.deploy import run_deployment
+
+            recorder = run_deployment(run, plan, initial, deployment, verbose=verbose)
+        else:
+            recorder = run_federation(plan, initial, verbose=verbose)
         probs = {"federated": {i: recorder.predictions[i]["test"] for i in range(len(sites))}}
         buf = io.BytesIO()
         np.savez(buf, **recorder.arrays)
@@ -563,8 +791,10 @@ def federate(run: str | os.PathLike, config: FederateConfig, *, dataset: PtbxlDa
                 probs["local"][i] = predict(m, test["x"])
         if "centralized" in config.compare:
             probs["centralized"] = _centralized(ds, sites, config, options)
+        transfer = _transfer(run, ds, sites, site_data, config, recorder, probs, export_sites)
 
         report = _report(config, sites, site_data, probs, recorder, summary)
+        report["transfer"] = transfer
         atomic_write_json(run / REPORT_JSON, report)
         atomic_write_text(run / REPORT_MD, _markdown(report))
         for name, per_site in probs.items():
@@ -606,12 +836,13 @@ def _centralized(ds: PtbxlDataset, sites: list[Site], config: FederateConfig, op
 
 
 def _report(config: FederateConfig, sites, site_data, probs: dict, recorder: _Recorder, summary: dict) -> dict:
+    ordered = [name for name in MODELS if name in probs]  # report columns: local, federated, fine-tuned, centralized
     per_site = {}
     for i, s in enumerate(sites):
         y = site_data[i][1]["y"]
-        per_site[s.name] = {name: _score(y, p[i], config.n_boot, config.seed) for name, p in probs.items()}
+        per_site[s.name] = {name: _score(y, probs[name][i], config.n_boot, config.seed) for name in ordered}
     y_all = np.concatenate([site_data[i][1]["y"] for i in range(len(sites))])
-    pooled = {name: _score(y_all, np.concatenate([p[i] for i in range(len(sites))]), config.n_boot, config.seed) for name, p in probs.items()}
+    pooled = {name: _score(y_all, np.concatenate([probs[name][i] for i in range(len(sites))]), config.n_boot, config.seed) for name in ordered}
     rounds = []
     for r, (tr, ev) in enumerate(zip(recorder.train, recorder.evaluate), start=1):
         rounds.append(
@@ -627,9 +858,104 @@ def _report(config: FederateConfig, sites, site_data, probs: dict, recorder: _Re
         "sites": summary["sites"],
         "test_macro_auc": {"per_site": per_site, "pooled": pooled},
         "rounds": rounds,
-        "failures": recorder.failures,
-        "note": "test = each site's fold 10; intervals: percentile bootstrap over records (edge_ecg.metrics)",
+        "failures": recorder.failures_by_site([s.name for s in sites]),
+        "paired": _paired(config, sites, site_data, probs),
+        "note": "test = each site's fold 10; intervals: percentile bootstrap over records (edge_ecg.metrics); "
+                "paired: macro AUC difference with a paired bootstrap interval over the classes the records define",
     }
+
+
+def _paired(config: FederateConfig, sites, site_data, probs: dict) -> dict:
+    """The adapted model (fine-tuned, else federated) minus local-only per site and pooled, and pooled minus centralized.
+
+    ``edge_ecg.metrics.paired_bootstrap`` over the classes defined on those records (a site's fold 10
+    may lack a class: CS-12 has no HYP record); the excluded classes are named.
+    """
+    ours = "fine-tuned" if "fine-tuned" in probs else "federated"
+    out: dict = {"model": ours}
+    y_all = np.concatenate([site_data[i][1]["y"] for i in range(len(sites))])
+
+    def compare(y, a, b):
+        defined = [c for c in range(y.shape[1]) if 0 < y[:, c].sum() < len(y)]
+        if not defined:
+            return {"difference": None, "ci95": None, "excluded_classes": list(CLASSES)}
+        row = paired_bootstrap(y[:, defined], a[:, defined], b[:, defined], n_boot=config.n_boot, seed=config.seed)
+        return {**row, "excluded_classes": [CLASSES[c] for c in range(y.shape[1]) if c not in defined]}
+
+    def pooled(name):
+        return np.concatenate([probs[name][i] for i in range(len(sites))])
+
+    if "local" in probs:
+        out["vs_local"] = {s.name: compare(site_data[i][1]["y"], probs[ours][i], probs["local"][i]) for i, s in enumerate(sites)}
+        out["vs_local"]["pooled"] = compare(y_all, pooled(ours), pooled("local"))
+    if "centralized" in probs:
+        out["vs_centralized_pooled"] = compare(y_all, pooled(ours), pooled("centralized"))
+    return out
+
+
+def _export_sites(config: FederateConfig, sites: list[Site]) -> list[str]:
+    """The sites to compress/export (``--export-sites``: all, none or names); ValueError naming an unknown site."""
+    names = [s.name for s in sites]
+    if config.export_sites == "all":
+        return names
+    if config.export_sites == "none":
+        return []
+    wanted = [n.strip() for n in config.export_sites.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ValueError(f"--export-sites: no site {', '.join(map(repr, unknown))}; the sites are {', '.join(names)}")
+    return wanted
+
+
+def _transfer(run: Path, ds: PtbxlDataset, sites, site_data, config: FederateConfig, recorder: _Recorder, probs: dict, export_sites) -> dict:
+    """Per site: the federated model (with its own BN under FedBN), fine-tuned, into its run folder; then compress/export/build.
+
+    Adds the fine-tuned test probabilities to ``probs["fine-tuned"]``. A site whose compress or
+    export fails (e.g. the int8 model loses too much validation AUC on its small fold 9) is reported
+    with the error; the other sites go on.
+    """
+    import shutil
+
+    from edge_ecg.evaluate import save_predictions
+    from edge_ecg.federate import transfer as tr
+    from edge_ecg.runfolder import federate_site_dir
+    from edge_ecg.tf import keras
+    from edge_ecg.train import predict
+
+    out: dict = {}
+    if config.fine_tune == "none" and not export_sites:
+        return out
+    if config.fine_tune != "none":
+        probs["fine-tuned"] = {}
+    options = FitOptions(epochs=config.fine_tune_epochs, batch_size=config.batch_size, learning_rate=config.fine_tune_lr,
+                         patience=config.fine_tune_epochs, seed=config.seed, augment=config.augment)
+    for i, site in enumerate(sites):
+        data, test = site_data[i]
+        folder = federate_site_dir(run, site.name)
+        if folder.exists():  # a previous federation's site folder: its fine-tune state belongs to another model
+            shutil.rmtree(folder)
+        keras.utils.set_random_seed(config.seed)
+        model = _build_model(config, data)
+        _set_weights(model, recorder.arrays, recorder.site_bn.get(i), site=site.name)
+        row: dict = {"run": str(folder)}
+        folder.mkdir(parents=True)
+        if config.fine_tune != "none":
+            row["fine_tune"] = tr.fine_tune(model, data, folder, config.fine_tune, options)
+            probs["fine-tuned"][i] = predict(model, test["x"])
+        tr.write_site_run(
+            run, site.name, config, data_root=str(ds.root), standardizer=test["standardizer"], model=model,
+            ids={"train": site.train, "val": site.val, "test": site.test}, sites_info={"site_by": config.site_by, "blank": config.blank,
+                                                                      "data": dict(parse_site_data(config.site_data)).get(site.name, str(ds.root))},
+        )
+        save_predictions(folder, "test", test["ids"], predict(model, test["x"]), test["y"])
+        if site.name in export_sites:
+            site_ds = ds.select(np.isin(ds.ecg_ids, site.ids()))
+            try:
+                row.update(tr.compress_export_build(folder, site_ds, config))
+            except Exception as exc:  # noqa: BLE001 - one site's failed export is reported; the other sites go on
+                row["error"] = f"{type(exc).__name__}: {exc}"
+        out[site.name] = row
+    return out
 
 
 def format_score(score: dict) -> str:
@@ -655,10 +981,41 @@ def _markdown(report: dict) -> str:
     if undefined:
         lines += ["", "n/a: " + "; ".join(sorted({f"{s}: {why}" for s, _, why in undefined}))]
     lines += ["", "Bytes each client sent per round", "", "| round | " + " | ".join(report["sites"]) + " |", "| ---: |" + " ---: |" * len(report["sites"])]
+    rows: list[list] = []  # consecutive rounds with the same bytes share a row
     for r in report["rounds"]:
-        lines.append(f"| {r['round']} | " + " | ".join(str(r["bytes_sent"].get(s, "-")) for s in report["sites"]) + " |")
+        cells = [str(r["bytes_sent"].get(s, "-")) for s in report["sites"]]
+        if rows and rows[-1][2] == cells:
+            rows[-1][1] = r["round"]
+        else:
+            rows.append([r["round"], r["round"], cells])
+    for first, last, cells in rows:
+        lines.append(f"| {first if first == last else f'{first}-{last}'} | " + " | ".join(cells) + " |")
+    paired = report.get("paired", {})
+    if "vs_local" in paired or "vs_centralized_pooled" in paired:
+        lines += ["", f"Paired bootstrap, {paired['model']} minus baseline: macro AUC difference [95% interval]", "",
+                  "| records | baseline | difference | excluded classes |", "| --- | --- | --- | --- |"]
+        rows = [(site, "local", row) for site, row in paired.get("vs_local", {}).items()]
+        if "vs_centralized_pooled" in paired:
+            rows.append(("pooled", "centralized", paired["vs_centralized_pooled"]))
+        for site, base, row in rows:
+            diff = "n/a" if row["difference"] is None else f"{row['difference']:+.3f} [{row['ci95'][0]:+.3f}, {row['ci95'][1]:+.3f}]"
+            lines.append(f"| {site} | {base} | {diff} | {', '.join(row['excluded_classes']) or '-'} |")
+    if report.get("transfer"):
+        lines += ["", "Per-site transfer (run folders under sites/)", "", "| site | fine-tune | int8 model | firmware | error |",
+                  "| --- | --- | --- | --- | --- |"]
+        for site, row in report["transfer"].items():
+            ft = row.get("fine_tune")
+            ft_text = "-" if ft is None else f"{ft['mode']}, {ft['epochs']} epochs" + (
+                ", no selection" if ft["best_epoch"] is None else ", kept federated" if ft["best_epoch"] == 0 else f", best {ft['best_epoch']}")
+            int8 = f"{row['export']['tflite_bytes']:,} B, arena {row['export']['arena_bytes']:,} B" if "export" in row else "-"
+            fw = row["firmware"]["project_dir"] if "firmware" in row else "-"
+            lines.append(f"| {site} | {ft_text} | {int8} | {fw} | {row.get('error', '')} |")
     if report["failures"]:
-        lines += ["", f"Failures: {report['failures']}"]
+        lines += ["", "Failures (the round went on without the failed client)", "", "| round | stage | site | node | error |",
+                  "| --- | --- | --- | --- | --- |"]
+        for f in report["failures"]:
+            lines.append(f"| {f['round'] if f['round'] is not None else '-'} | {f['stage']} | {f['site'] or '?'} | {f['node']} | "
+                         f"{str(f['error']).splitlines()[0][:200] if f['error'] else ''} |")
     return "\n".join(lines) + "\n"
 
 
