@@ -69,6 +69,11 @@ CV_PLAN = (
     ("resnet1d_wang", "resnet1d_wang", 8, 0, None),
     ("inception_cnn", "inception_cnn", 4, 0, None),
     ("dscnn seed 2", "dscnn", 20, 2, None),
+    # The same teachers cross-fitted (edge_ecg.distill.cross_fit): no soft label from a model that trained on its record.
+    ("dscnn distilled cross-fitted", "dscnn", 20, 0, ("crossfit:dscnn", "crossfit:cnn_base")),
+    # The references under dscnn's budget (20 epochs, same patience): hours on two cores, resumable per fold.
+    ("inception_cnn full", "inception_cnn", 20, 0, None),
+    ("resnet1d_wang full", "resnet1d_wang", 20, 0, None),
 )
 SEED_ROWS = ("dscnn", "dscnn seed 1", "dscnn seed 2")  # one configuration, three seeds: mean +- sd and their ensemble
 INT8_ROWS = ("dscnn", "dscnn distilled")
@@ -135,6 +140,19 @@ def clip_levels_table(cv_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _teacher(row: str, out: Path, data, dataset, ray) -> Path:
+    """A teacher row's rotation folder, or for "crossfit:ROW" the cross-fitted teacher of ROW's configuration (trained here)."""
+    if not row.startswith("crossfit:"):
+        return out / _slug(row)
+    from edge_ecg.distill import cross_fit
+    from edge_ecg.train import TrainConfig
+
+    name = row.split(":", 1)[1]
+    _, arch, epochs, seed, _ = next(r for r in CV_PLAN if r[0] == name)
+    return cross_fit(out / f"crossfit_{_slug(name)}", TrainConfig(arch=arch, data=data, epochs=epochs, seed=seed),
+                     dataset=dataset, ray=ray, progress=False)
+
+
 def cv_main(args, dataset, data) -> None:
     from edge_ecg import cv
     from edge_ecg.metrics import macro_auc
@@ -147,9 +165,9 @@ def cv_main(args, dataset, data) -> None:
     for name, arch, epochs, seed, teachers in CV_PLAN:
         if args.arch and arch not in args.arch:
             continue
-        teacher = ",".join(str(out / _slug(t)) for t in teachers) if teachers else None
+        teacher = ",".join(str(_teacher(t, out, data, dataset, args.ray)) for t in teachers) if teachers else None
         config = TrainConfig(arch=arch, data=data, epochs=epochs, seed=seed, teacher=teacher)
-        cv.cross_validate(out / _slug(name), config, dataset=dataset)
+        cv.cross_validate(out / _slug(name), config, dataset=dataset, ray=args.ray)
         pooled[name] = cv.pooled_predictions(out / _slug(name))
         info = summary(build(arch))
         meta[name] = {"params": info["params"], "macs": info["macs"], "int8_bytes": info["int8_bytes"], "epochs": epochs}
@@ -217,6 +235,8 @@ def main() -> None:
     parser.add_argument("--arch", action="append", choices=ARCHS, help="only these (repeatable; default: all four)")
     parser.add_argument("--cv", action="store_true", help="ten-fold rotation with pooled predictions (see CV_PLAN)")
     parser.add_argument("--no-int8", action="store_true", help="with --cv: skip the int8 exports of each fold")
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="with --cv: folds as Ray tasks, on a local Ray (no ADDRESS) or the cluster at ADDRESS")
     args = parser.parse_args()
     from edge_ecg.data import load_ptbxl
 

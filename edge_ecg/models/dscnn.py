@@ -5,8 +5,8 @@ TensorFlow Lite has no 1-D convolution (it rewrites Conv1D into reshapes around 
 Conv2D) and tensorflow-model-optimization's quantization-aware training does not
 support Conv1D, DepthwiseConv1D or MaxPooling1D. Every layer used here is one that
 tfmot's default 8-bit QAT handles: Conv2D and DepthwiseConv2D each followed by
-BatchNormalization (folded into the convolution) and ReLU, Add, GlobalAveragePooling2D,
-Dropout, Dense and Reshape.
+BatchNormalization (folded into the convolution) and ReLU, Add, GlobalAveragePooling2D
+or GlobalMaxPooling2D, AveragePooling2D (input decimation), Dropout, Dense and Reshape.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ DEFAULT_FILTERS: tuple[int, ...] = (32, 48, 64, 96, 128)
 DEFAULT_STRIDES: tuple[int, ...] = (2, 2, 2, 2, 2)
 DEFAULT_KERNEL_SIZE = 9
 DEFAULT_DROPOUT_RATE = 0.3
+POOLS = ("avg", "max")
 
 
 def dscnn(
@@ -30,10 +31,12 @@ def dscnn(
     num_leads: int = 12,
     num_classes: int = 5,
     filters: Sequence[int] = DEFAULT_FILTERS,
-    kernel_size: int = DEFAULT_KERNEL_SIZE,
+    kernel_size: int | Sequence[int] = DEFAULT_KERNEL_SIZE,
     strides: Sequence[int] = DEFAULT_STRIDES,
     dropout_rate: float = DEFAULT_DROPOUT_RATE,
     residual: bool = False,
+    pool: str = "avg",
+    decimate: int = 1,
     name: str = "dscnn",
 ) -> keras.Model:
     """Depthwise-separable CNN: (num_samples, num_leads) -> num_classes sigmoid outputs.
@@ -41,11 +44,13 @@ def dscnn(
     Layout::
 
         Input (T, L) -> Reshape (T, 1, L)
+        [AveragePooling2D (decimate, 1)         if decimate > 1]
         stem:     Conv2D filters[0], (kernel_size, 1), stride strides[0] -> BN -> ReLU
         block i:  DepthwiseConv2D (kernel_size, 1), stride strides[i] -> BN -> ReLU
                   Conv2D filters[i], 1x1 -> BN -> ReLU        (i = 1 .. len(filters)-1)
                   [+ input of the block, if residual and the shapes match]
-        GlobalAveragePooling2D -> Dropout(dropout_rate) -> Dense(num_classes, sigmoid)
+        GlobalAveragePooling2D (pool "avg") or GlobalMaxPooling2D ("max")
+        -> Dropout(dropout_rate) -> Dense(num_classes, sigmoid)
 
     Depth is ``len(filters)``; time is reduced only by the strides ("same" padding, so
     each stride s divides the length by s, rounding up). Convolutions have no bias
@@ -62,13 +67,17 @@ def dscnn(
         num_leads: ECG leads, the input channels.
         num_classes: Outputs, one sigmoid per class (multi-label).
         filters: Output channels of the stem and of each block; its length sets depth.
-        kernel_size: Length in samples of the stem and depthwise kernels.
+        kernel_size: Length in samples of the stem and depthwise kernels: one for all,
+            or one per entry of ``filters``.
         strides: Time stride of the stem and of each block's depthwise convolution;
             same length as ``filters``.
         dropout_rate: Dropout before the classifier, in [0, 1).
         residual: Add each block's input to its output where the shapes match (stride
             1 and the same number of filters as the block before); at least one block
             must qualify.
+        pool: Global pooling before the classifier: "avg" or "max".
+        decimate: Average every ``decimate`` input samples first (1: none), a cheap
+            anti-aliased downsampling; must divide ``num_samples``.
         name: The model's name.
 
     Raises:
@@ -84,13 +93,26 @@ def dscnn(
             f"strides must have one entry per entry of filters ({len(filters)}: the stem "
             f"and each block), got {len(strides)}: strides={strides!r}"
         )
-    _check_positive_int("kernel_size", kernel_size)
-    if max(strides) > kernel_size:
+    if isinstance(kernel_size, int) and not isinstance(kernel_size, bool):
+        _check_positive_int("kernel_size", kernel_size)
+        kernels = (kernel_size,) * len(filters)
+    else:
+        kernels = _check_positive_int_sequence("kernel_size", kernel_size)
+        if len(kernels) != len(filters):
+            raise ValueError(
+                f"kernel_size must be one integer or one per entry of filters ({len(filters)}), got {kernel_size!r}"
+            )
+    if any(s > k for s, k in zip(strides, kernels)):
         # A stride longer than the kernel skips samples outright; TF 2.21's oneDNN CPU
         # convolution also corrupts memory on it (kernel 5, stride 8 crashed here).
         raise ValueError(
-            f"every stride must be <= kernel_size ({kernel_size}) so no sample is skipped, got strides={strides!r}"
+            f"every stride must be <= kernel_size ({kernel_size!r}) so no sample is skipped, got strides={strides!r}"
         )
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    _check_positive_int("decimate", decimate)
+    if num_samples % decimate:
+        raise ValueError(f"decimate ({decimate}) must divide num_samples ({num_samples})")
     _check_rate("dropout_rate", dropout_rate)
     if not isinstance(residual, bool):
         raise ValueError(f"residual must be True or False, got {residual!r}")
@@ -106,10 +128,12 @@ def dscnn(
     inputs = keras.Input((num_samples, num_leads), name="ecg")
     # (T, L) -> (T, 1, L): time becomes the height axis so (k, 1) kernels run along it.
     x = keras.layers.Reshape((num_samples, 1, num_leads), name="to_2d")(inputs)
+    if decimate > 1:
+        x = keras.layers.AveragePooling2D((decimate, 1), name="decimate")(x)
 
     x = keras.layers.Conv2D(
         filters[0],
-        (kernel_size, 1),
+        (kernels[0], 1),
         strides=(strides[0], 1),
         padding="same",
         use_bias=False,
@@ -121,7 +145,7 @@ def dscnn(
     for i in range(1, len(filters)):
         block_input = x
         x = keras.layers.DepthwiseConv2D(
-            (kernel_size, 1),
+            (kernels[i], 1),
             strides=(strides[i], 1),
             padding="same",
             use_bias=False,
@@ -137,7 +161,8 @@ def dscnn(
         if residual and i in residual_blocks:
             x = keras.layers.Add(name=f"block{i}_add")([block_input, x])
 
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    pooling = keras.layers.GlobalAveragePooling2D if pool == "avg" else keras.layers.GlobalMaxPooling2D
+    x = pooling(name="pool")(x)
     x = keras.layers.Dropout(dropout_rate, name="dropout")(x)
     # Logits and sigmoid as two layers: export cuts at the logits, whose int8 steps rank
     # records far better than int8 probabilities crowded near 0 and 1.
