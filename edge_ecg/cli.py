@@ -119,10 +119,25 @@ def _parse_arch_args(pairs: list[str]) -> dict:
     return out
 
 
+def _check_leads(args) -> None:
+    """Stages after train take the run's lead set (config.json); a --leads that differs is refused, never applied."""
+    if getattr(args, "leads", None) is None or not getattr(args, "run", None):
+        return
+    from edge_ecg.data.leads import display_name, parse_leads
+
+    wanted, have = parse_leads(args.leads, "--leads"), RunFolder(args.run).leads()
+    if wanted != have:
+        show = lambda leads: ",".join(display_name(x) for x in leads)  # noqa: E731
+        raise CliError(f"--leads {args.leads}: run {args.run} was trained on leads {show(have)}, not {show(wanted)}; "
+                       "leave --leads out (later stages read it from the run) or train a new run with these leads")
+
+
 def _train_config(args):
+    from edge_ecg.data.leads import parse_leads
     from edge_ecg.train import TrainConfig
 
     return TrainConfig(
+        leads=list(parse_leads(getattr(args, "leads", None), "--leads")),
         arch=args.arch,
         arch_kwargs=_parse_arch_args(args.arch_arg),
         data=str(Path(args.data).resolve()) if args.data else None,
@@ -159,7 +174,8 @@ def cmd_evaluate(args) -> int:
         return _evaluate_cv(args)
     if not args.run:
         raise CliError("evaluate needs --run DIR (a trained run) or --cv (the ten-fold rotation)")
-    if args.out or args.model or args.format or args.rhythm_only:
+    _check_leads(args)
+    if args.out or args.format or args.rhythm_only:
         return _evaluate_external(args)
     if args.data:  # another folder without --out would overwrite the run's own reports: refused
         if not RunFolder(args.run).is_own_data(args.data):
@@ -168,11 +184,14 @@ def cmd_evaluate(args) -> int:
                            "on every labelled record of it (the run's own reports are never overwritten)")
     from edge_ecg.evaluate import evaluate, markdown_report
 
-    report = evaluate(args.run, data=str(Path(args.data).resolve()) if args.data else None)
+    model = args.model or "float"
+    report = evaluate(args.run, data=str(Path(args.data).resolve()) if args.data else None, model=model)
+    out = Path(args.run) if model == "float" else RunFolder(args.run).evaluation(model)
     if args.json:
         _print_json(report)
     else:
-        print(markdown_report(Path(args.run), report))
+        print(markdown_report(out, report))
+        print(f"-> {out / REPORT_FILE}")
     return 0
 
 
@@ -201,7 +220,7 @@ def _evaluate_cv(args) -> int:
     config = _train_config(args)
     out = Path(args.run or f"runs/cv/{args.arch}")
     seeds = [args.seed + i for i in range(args.seeds)]
-    reports = {s: cv.cross_validate(out / f"seed{s}", replace(config, seed=s)) for s in seeds}
+    reports = {s: cv.cross_validate(out / f"seed{s}", replace(config, seed=s), ray=args.ray) for s in seeds}
     result = {"cv_dir": str(out), "seeds": {str(s): r for s, r in reports.items()}}
     aucs = [r["macro_auc"] for r in reports.values()]
     if len(seeds) > 1:
@@ -212,7 +231,8 @@ def _evaluate_cv(args) -> int:
         _print_json(result)
         return 0
     for s, r in reports.items():
-        print(f"seed {s}: pooled macro AUC {r['macro_auc']:.4f} [{r['macro_auc_ci95'][0]:.4f}, {r['macro_auc_ci95'][1]:.4f}] over {r['records']} records")
+        print(f"seed {s}: pooled macro AUC {r['macro_auc']:.4f} [{r['macro_auc_ci95'][0]:.4f}, {r['macro_auc_ci95'][1]:.4f}] "
+              f"over {r['records']} records -> {out / f'seed{s}' / REPORT_FILE}")
     if "ensemble" in result:
         e = result["ensemble"]
         print(f"single seeds {result['single_seed_mean']:.4f} ± {result['single_seed_sd']:.4f}; "
@@ -220,16 +240,33 @@ def _evaluate_cv(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from edge_ecg.search import Constraints, SearchSettings, search
+
+    config = _train_config(args)
+    settings = SearchSettings(target=args.target, constraints=Constraints(args.flash, args.ram, args.max_macs, args.latency_ms),
+                              folds=tuple(args.search_folds), clock_mhz=args.clock_mhz, seed=args.seed)
+    run = Path(args.run or f"runs/search/{args.target}")
+    result = search(run, config, settings, trials=args.trials, ray=args.ray)
+    chosen = result["chosen"]
+    print(f"{result['trained']} shapes trained, {result['pruned']} pruned; front of {len(result['front'])} -> {run / 'pareto.md'}")
+    print(f"chosen: validation macro AUC {chosen['val_macro_auc']:.4f}, {chosen['latency_ms']:.2f} ms, "
+          f"{chosen['flash_bytes'] / 1024:.1f} KB flash, {chosen['ram_bytes'] / 1024:.1f} KB RAM")
+    print(chosen["command"])
+    return 0
+
+
 def cmd_compress(args) -> int:
     from edge_ecg.compress import compress
 
+    _check_leads(args)
     report = compress(args.run, prune=args.prune, structured=args.structured, qat=args.qat, epochs=args.epochs, learning_rate=args.lr)
     if args.json:
         _print_json(report)
         return 0
     for s in report["stages"]:
         print(f"{s['name']:<28} val AUC {s['val_auc']:.4f}  zero weights {s['sparsity']:.1%}  params {s['params']:,}  MACs {s['macs']:,}")
-    print(f"-> {RunFolder(args.run).compressed_model()} (what `edge-ecg export` takes)")
+    print(f"-> {RunFolder(args.run).compressed_model()} (what `edge-ecg export` takes); report: {RunFolder(args.run).compress_markdown}")
     return 0
 
 
@@ -245,6 +282,7 @@ def _clip_arg(value: str):
 def cmd_export(args) -> int:
     from edge_ecg.export import export
 
+    _check_leads(args)
     result = export(args.run, model_path=args.model, clip_sigma=args.clip, allow_mismatch=args.allow_mismatch,
                     out=args.out, data=str(Path(args.data).resolve()) if args.data else None, runtime=args.runtime,
                     **({} if args.max_drop is None else {"max_drop": args.max_drop}))
@@ -256,6 +294,7 @@ def cmd_export(args) -> int:
 def cmd_build(args) -> int:
     from edge_ecg.firmware import build
 
+    _check_leads(args)
     result = build(args.run, args.target, out=args.out, runtime=args.runtime, idf=args.idf)
     if args.json:
         _print_json(result)
@@ -325,11 +364,20 @@ def cmd_federate(args) -> int:
         arch=args.arch, arch_kwargs=_parse_arch_args(args.arch_arg), rounds=args.rounds, local_epochs=args.local_epochs,
         clients_per_round=args.clients_per_round, strategy=args.strategy, proximal_mu=args.proximal_mu, batch_norm=args.batch_norm,
         batch_size=args.batch_size, learning_rate=args.lr, augment=not args.no_augment, seed=args.seed,
-        site_train_limit=args.site_train_limit, compare=compare, n_boot=args.n_boot,
+        site_train_limit=args.site_train_limit, compare=compare, n_boot=args.n_boot, fine_tune=args.fine_tune,
+        fine_tune_epochs=args.fine_tune_epochs, fine_tune_lr=args.fine_tune_lr, export_sites=args.export_sites,
+        compress_epochs=args.compress_epochs, export_max_drop=args.export_max_drop, target=args.target,
+        site_data=tuple(args.site_data),
     )
-    report = federate(args.run, config, verbose=args.verbose)
+    report = federate(args.run, config, verbose=args.verbose, deployment=args.deployment)
     for name, score in report["test_macro_auc"]["pooled"].items():
         print(f"{name:12s} pooled test macro AUC {format_score(score)}")
+    for site, row in report["paired"].get("vs_local", {}).items():
+        if row["difference"] is not None:
+            print(f"{report['paired']['model']} - local, {site}: {row['difference']:+.3f} [{row['ci95'][0]:+.3f}, {row['ci95'][1]:+.3f}]")
+    for row in report["transfer"].values():
+        if "error" in row:
+            print(f"{row['run']}: {row['error']}", file=sys.stderr)
     print(f"report -> {Path(args.run) / FEDERATE_REPORT_MD}")
     return 0
 
@@ -337,7 +385,14 @@ def cmd_federate(args) -> int:
 def cmd_run(args) -> int:
     from edge_ecg.run import run_pipeline
 
-    stages = run_pipeline(args.run, data=args.data, arch=args.arch, preset=args.preset, target=args.target, seed=args.seed)
+    from edge_ecg.data.leads import parse_leads
+
+    if RunFolder(args.run).config.is_file():
+        _check_leads(args)  # resuming: the run's leads stand
+    else:
+        parse_leads(args.leads, "--leads")  # a bad name fails here, before any stage runs
+    stages = run_pipeline(args.run, data=args.data, arch=args.arch, preset=args.preset, target=args.target, seed=args.seed,
+                          leads=args.leads)
     _print_json(stages)
     return 0
 
@@ -366,6 +421,15 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help="distill from a run folder, a --cv folder, a predictions .npz, or several joined by ',' (ensemble)")
     p.add_argument("--alpha", type=float, default=d.distill_alpha, help=f"weight of the teacher's soft labels (default: {d.distill_alpha})")
     p.add_argument("--temperature", type=float, default=d.distill_temperature, help=f"distillation temperature (default: {d.distill_temperature})")
+    _leads_option(p)
+
+
+_LEADS_HELP = ("input leads: 12 (default), 6 (limb leads I,II,III,aVR,aVL,aVF), 3 (I,II,V2), 2 (I,II), 1 or I (lead I), "
+               "II, or a comma list of lead names; stored in the run, which later stages read")
+
+
+def _leads_option(p: argparse.ArgumentParser, later: bool = False) -> None:
+    p.add_argument("--leads", metavar="SET", help="must match the run's lead set (taken from the run; default)" if later else _LEADS_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,14 +486,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="with --cv: rotations with seeds SEED..SEED+N-1, and their ensemble")
     p.add_argument("--out", metavar="DIR", help="external evaluation: score every labelled record of --data (PTB-XL or "
                    "CinC layout) and write the results here; the run's own reports are not touched")
-    p.add_argument("--model", choices=("float", "int8"), help="with --out: float (model.keras, default) or int8 "
-                   "(export/model_int8.tflite through TFLite Micro)")
+    p.add_argument("--model", choices=("float", "compressed", "int8"),
+                   help="the model to score: float (model.keras, default), compressed (compress/final.h5; its report goes to "
+                        "RUN/evaluation/compressed/) or int8 (export/model_int8.tflite through TFLite Micro; "
+                        "RUN/evaluation/int8/). With --out: float or int8")
     p.add_argument("--format", choices=("auto", "ptbxl", "cinc"), help="with --out: layout of --data (default: auto-detected)")
     p.add_argument("--rhythm-only", choices=("sinus", "nsr", "unlabelled"),
                    help="with --out, CinC records whose codes give no superclass: sinus (default) = NORM when every code is "
                         "a sinus rhythm; nsr = NORM only for sinus rhythm alone; unlabelled = left out")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="with --cv: run the folds as Ray tasks, on a local Ray (no ADDRESS) or the cluster at ADDRESS "
+                        "(`ray start --head`); the run folder must be on storage every node sees")
     _train_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("search", help="hardware-aware search of dscnn shapes (Optuna): validation AUC vs latency within budgets",
+                       description="Search dscnn shapes (depth, widths, kernel sizes, strides, pooling, input decimation) that "
+                                   "maximize validation macro AUC and minimize latency on --target. Every shape is costed before "
+                                   "training from its int8 model (flash and RAM from the AOT generator's static plan; latency from "
+                                   "QEMU instruction counts on cortex-m4, per-operator rates on the ESP32s) and pruned if over a "
+                                   "budget. Writes the Optuna study (SQLite: rerun the same command to continue), pareto.md/.json/"
+                                   ".png and chosen.json (the --arch-arg values for train). The training options below apply to "
+                                   "every trial.")
+    p.add_argument("--run", metavar="DIR", help="search folder (default: runs/search/TARGET)")
+    p.add_argument("--target", required=True, choices=("cortex-m4", "esp32", "esp32s3"), help="the chip whose budgets and latency count")
+    p.add_argument("--flash", type=float, required=True, metavar="KB", help="flash budget for the model's constant data, KB")
+    p.add_argument("--ram", type=float, required=True, metavar="KB", help="RAM budget for the activations (input included), KB")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--max-macs", type=int, metavar="N", help="most multiply-accumulates per record")
+    limit.add_argument("--latency-ms", type=float, metavar="MS", help="most estimated milliseconds per record")
+    p.add_argument("--trials", type=int, required=True, metavar="N", help="shapes to train (pruned ones do not count)")
+    p.add_argument("--search-folds", type=int, nargs="+", default=[10], metavar="K",
+                   help="rotation folds trained per shape: test K held out, validate on K+1 (default: 10)")
+    p.add_argument("--clock-mhz", type=float, metavar="MHZ",
+                   help="clock turning instructions/cycles into ms (default: 100 for cortex-m4, 240 for the ESP32s)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="train trials as Ray tasks, on a local Ray (no ADDRESS) or the cluster at ADDRESS")
+    _train_options(p)
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("compress", help="structured pruning, magnitude pruning, quantization-aware training",
                        description="Compress a trained run: --structured removes whole filters (smaller dense model), "
@@ -443,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs per stage (default: 10)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak fine-tuning learning rate (default: 5e-4)")
     p.add_argument("--json", action="store_true", help="print compress.json")
+    _leads_option(p, later=True)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("export", help="full-int8 TFLite + TFLite Micro C sources, checked on the host emulator",
@@ -465,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=("tflm", "aot"), default="tflm",
                    help="aot: also generate the ahead-of-time C model (export/aot/), checked bit for bit against TFLite Micro")
     p.add_argument("--json", action="store_true", help="print export.json")
+    _leads_option(p, later=True)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("build", help="render (and build, with ESP-IDF) the firmware project for a target",
@@ -477,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="project folder (default: RUN/firmware/TARGET)")
     p.add_argument("--idf", metavar="PATH", help="idf.py or the ESP-IDF folder (default: idf.py on PATH)")
     p.add_argument("--json", action="store_true", help="print the build record as JSON")
+    _leads_option(p, later=True)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("flash", help="flash the built firmware to a board",
@@ -579,15 +676,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg", help="Flower strategy (default: fedavg)")
     p.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx's proximal weight (default: 0.01)")
     p.add_argument("--batch-norm", choices=("global", "local"), default="global",
-                   help="global: BatchNormalization weights averaged like the rest; local: kept on each site (FedBN)")
+                   help="global (default, measured: see the README): BatchNormalization weights averaged like the rest; "
+                        "local: kept on each site (FedBN)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of each local stint, cosine decay (default: 2e-3)")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--site-train-limit", type=int, metavar="N", help="first N training records of each site (quick checks)")
+    p.add_argument("--site-data", action="append", default=[], metavar="NAME=PATH",
+                   help="another data folder (a CinC source, e.g. georgia=../shared/data/cinc/georgia) as one more site, "
+                        "beside the PTB-XL sites; repeatable. Its records are dealt into folds 1-10 by record")
     p.add_argument("--compare", default="local,centralized",
                    help="baselines trained for as many epochs as each client: local, centralized, both (default) or none")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the intervals (default: 1000)")
+    p.add_argument("--fine-tune", choices=("none", "head", "all"), default="head",
+                   help="after federation, fine-tune per site: the classifier only (default, measured best), every layer, or not at all")
+    p.add_argument("--fine-tune-epochs", type=int, default=10, help="fine-tune epochs per site, best on its fold 9 kept (default: 10)")
+    p.add_argument("--fine-tune-lr", type=float, default=5e-4, help="fine-tune peak learning rate (default: 5e-4)")
+    p.add_argument("--export-sites", default="all", metavar="all|none|NAME,...",
+                   help="sites whose run folder (RUN/sites/NAME) gets compress (QAT), int8 export and a firmware project (default: all)")
+    p.add_argument("--compress-epochs", type=int, default=2, help="QAT epochs per exported site; 0 exports the float model (default: 2)")
+    p.add_argument("--export-max-drop", type=float, default=0.01,
+                   help="largest int8 validation macro AUC loss a site's export accepts, on its own fold 9 (default: 0.01)")
+    p.add_argument("--target", default="esp32", help="firmware target of each exported site (default: esp32)")
+    p.add_argument("--deployment", metavar="HOST:PORT",
+                   help="run on a Flower SuperLink (its Control API address, e.g. 127.0.0.1:9093) instead of the simulation; "
+                        "see the README for starting the SuperLink and one SuperNode per site")
     p.set_defaults(func=cmd_federate)
 
     p = sub.add_parser("run", help="the whole pipeline: data, train, compress, export, build, bench (emulator)",
@@ -598,6 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", help="quick (a few minutes on 2 cores, default) | full")
     p.add_argument("--target", default="esp32", help="firmware target (default: esp32)")
     p.add_argument("--seed", type=int, default=0)
+    _leads_option(p)
     p.set_defaults(func=cmd_run)
 
     return parser

@@ -140,3 +140,62 @@ def latency_figures(latency: np.ndarray, unit: str, hist_path: Path, timeline_pa
     fig.tight_layout()
     fig.savefig(timeline_path, dpi=120)
     plt.close(fig)
+
+
+def compression_tradeoff(rows: list[dict], path: Path, title: str = "") -> None:
+    """Validation macro AUC against the int8 bytes of non-zero weights, one labelled point per stage, joined in order."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    shown = [r for r in rows if r.get("val_auc") is not None]
+    x, y = [r["nonzero_int8_bytes"] / 1024 for r in shown], [r["val_auc"] for r in shown]
+    ax.plot(x, y, color="grey", lw=0.8, ls="--", zorder=1)
+    for k, (r, xi, yi) in enumerate(zip(shown, x, y)):
+        ax.scatter([xi], [yi], s=40, color=f"C{k}", zorder=2, label=f"{r['name']}: {r['macs']:,} MACs")
+        ax.annotate(f"{yi:.3f}", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set(xlabel="estimated int8 model bytes without zero weights (KiB)", ylabel="validation macro AUC (fold 9)", title=title)
+    ax.margins(x=0.15, y=0.3)
+    ax.legend(loc="best", fontsize=8, title="stage: multiply-accumulates per record", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compression_sizes(rows: list[dict], path: Path, title: str = "") -> None:
+    """Estimated int8 bytes (all, and without zero weights) and MACs of each stage as a percentage of the first row's."""
+    plt = _pyplot()
+    base = rows[0]
+    measures = {"est. int8 bytes": "int8_bytes", "est. int8 bytes without zero weights": "nonzero_int8_bytes",
+                "MACs per record": "macs"}
+    fig, ax = plt.subplots(figsize=(6.5, 0.75 * len(rows) + 2))
+    width = 0.8 / len(measures)
+    y = np.arange(len(rows))
+    for k, (label, key) in enumerate(measures.items()):
+        values = [100.0 * r[key] / base[key] if base[key] else 0.0 for r in rows]
+        ax.barh(y + (k - (len(measures) - 1) / 2) * width, values, width, label=label)
+    ax.set_yticks(y, [r["name"] for r in rows])
+    ax.invert_yaxis()
+    ax.set(xlabel=f"% of {base['name']}", title=title, xlim=(0, 115))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fold_aucs(folds: dict[str, dict], pooled: dict, path: Path, title: str = "") -> None:
+    """Each test fold's macro AUC with its 95 % interval, and the pooled out-of-fold AUC with its interval as a band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ks = [int(k) for k, f in folds.items() if f.get("macro_auc") is not None]
+    aucs = [folds[str(k)]["macro_auc"] for k in ks]
+    cis = [folds[str(k)].get("macro_auc_ci95") or [a, a] for k, a in zip(ks, aucs)]
+    err = np.array([[a - lo for a, (lo, _) in zip(aucs, cis)], [hi - a for a, (_, hi) in zip(aucs, cis)]])
+    ax.errorbar(ks, aucs, yerr=err, fmt="o", color="C0", capsize=3, label="test fold (95 % bootstrap interval)")
+    lo, hi = pooled["macro_auc_ci95"]
+    ax.axhspan(lo, hi, color="C3", alpha=0.15, label=f"pooled 95 % interval [{lo:.3f}, {hi:.3f}]")
+    ax.axhline(pooled["macro_auc"], color="C3", lw=1.2, label=f"pooled {pooled['macro_auc']:.3f} ({pooled['records']} records)")
+    ax.set_xticks(range(1, 11))
+    ax.set(xlabel="test fold", ylabel="macro ROC AUC", title=title, xlim=(0.5, 10.5))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -14,7 +14,8 @@ A run folder (``runs/NAME/``) is the only thing the stages pass between them::
     firmware/TARGET/         rendered firmware projects (edge_ecg.firmware)
     bench/BACKEND.jsonl|json bench results, appended as they arrive, and their summary
     bench/BACKEND.md         bench report with its figures (BACKEND_*.png)
-    report.md, export/report.md, compression.md   stage reports with figures
+    report.md, compress/report.md, export/report.md   stage reports with figures
+    compression.md           every variant exported and scored (benchmarks/compression.py)
     index.md                 links every stage report that exists (write_index, rewritten by each stage)
 
 :class:`RunFolder` names each of them; stages ask it for paths instead of spelling them.
@@ -35,6 +36,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -71,21 +73,42 @@ FEDERATE_REPORT_JSON = "federate_report.json"
 FEDERATE_REPORT_MD = "federate_report.md"
 FEDERATE_ROUNDS_PLOT = "federate_auc_rounds.png"
 FEDERATE_WEIGHTS_FILE = "federate_weights.npz"
+FEDERATE_SITES_DIR = "sites"
+"""Per-site run folders of a federated run (``sites/<site>/``: fine-tuned model, compress, export, firmware)."""
+FEDERATE_APP_DIR = "flower_app"
+"""With ``federate --deployment``: the Flower app folder ``flwr run`` packs (its pyproject.toml)."""
+FEDERATE_RESULTS = "flower_results"
+"""With ``federate --deployment``: what the ServerApp wrote (``.npz`` arrays, ``.json`` rounds and failures)."""
 # Reports: markdown with figures beside it, one per stage, and the index that links them.
 REPORT_FILE = "report.md"
 """The training/evaluation report in the run folder, and the export's in ``export/`` (same name, its own folder)."""
 COMPRESSION_REPORT_MD = "compression.md"
 COMPRESSION_REPORT_JSON = "compression.json"
+EVALUATION_DIR = "evaluation"
+"""``evaluation/MODEL/``: the test-fold evaluation of the compressed or int8 model (the float model's is the run's own)."""
 BUILD_RECORD = "build.json"
 """What ``build`` writes into each rendered firmware project (``firmware/TARGET/build.json``)."""
 INDEX_FILE = "index.md"
 EXPORT_FIGURES = ("int8_vs_float.png", "auc_per_class.png", "memory.png")
 """The export report's figures, in ``export/``: output scatter, per-class AUC bars, arena/flash bars."""
+COMPRESS_FIGURES = ("size_vs_auc.png", "size_per_stage.png")
+"""The compression report's figures, in ``compress/`` beside its ``report.md``: validation AUC against
+estimated int8 bytes per stage, and int8 bytes and MACs per stage relative to the float model."""
+CV_REPORT_JSON = "pooled.json"
+CV_FIGURES = ("fold_auc.png",)
+"""The rotation report's figure, beside its ``report.md`` in the rotation folder: per-fold and pooled AUC."""
 
 
 def cv_fold_dir(cv_dir: str | os.PathLike, test_fold: int) -> Path:
     """The run folder of one fold of a cross-validation rotation (``CV/foldKK``)."""
     return Path(cv_dir) / f"fold{test_fold:02d}"
+
+
+def federate_site_dir(run: str | os.PathLike, site: str) -> Path:
+    """The run folder of one site of a federated run (``RUN/sites/<site>``); ValueError for a name that is not a plain folder name."""
+    if not site or site in (".", "..") or "/" in site or "\\" in site:
+        raise ValueError(f"site name {site!r} cannot name a folder")
+    return Path(run) / FEDERATE_SITES_DIR / site
 
 
 class RunError(ValueError):
@@ -190,6 +213,12 @@ class RunFolder:
             )
         return saved
 
+    def leads(self) -> tuple[str, ...]:
+        """The model's input leads, canonical names in channel order (config.json's ``train.leads``; older runs: all 12)."""
+        from edge_ecg.data.leads import parse_leads
+
+        return parse_leads(self.read_config()["train"].get("leads"), f"{self.config}: train.leads")
+
     def data_dir(self) -> Path:
         """The data folder the run was trained on (config.json; the default data folder when it names none)."""
         from edge_ecg import settings
@@ -242,6 +271,15 @@ class RunFolder:
     def export_markdown(self) -> Path:
         return self.export / REPORT_FILE
 
+    def evaluation(self, model: str) -> Path:
+        """Where ``evaluate --model MODEL`` writes for a model other than the float one (metrics.json, report.md ...)."""
+        return self.root / EVALUATION_DIR / model
+
+    @property
+    def compress_markdown(self) -> Path:
+        """The compression stage's report (its figures, COMPRESS_FIGURES, beside it)."""
+        return self.compress / REPORT_FILE
+
     @property
     def index(self) -> Path:
         return self.root / INDEX_FILE
@@ -255,15 +293,19 @@ def write_index(run: str | os.PathLike) -> Path:
     folder = RunFolder(run)
     stages = [
         ("training and evaluation", [folder.root / REPORT_FILE]),
-        ("compression", [folder.root / COMPRESSION_REPORT_MD, folder.root / COMPRESSION_REPORT_JSON]),
+        ("compression", [folder.compress_markdown, folder.root / COMPRESSION_REPORT_MD, folder.root / COMPRESSION_REPORT_JSON]),
         ("export (int8)", [folder.export_markdown, folder.export_report]),
+        ("evaluation of other models (`evaluate --model`)", sorted(folder.root.glob(f"{EVALUATION_DIR}/*/{REPORT_FILE}"))),
         ("firmware", sorted((folder.root / FIRMWARE_DIR).glob(f"*/{BUILD_RECORD}"))),
         ("bench", sorted(folder.bench.glob("*.md"))),
     ]
+    if (folder.root / CV_FILE).is_file():  # a rotation folder (edge_ecg.cv): its folds are run folders of their own
+        stages = [("rotation (ten folds, pooled)", [folder.root / REPORT_FILE, folder.root / CV_REPORT_JSON])]
     lines = [f"# Run {folder.root.name}", ""]
     for title, paths in stages:
         links = [f"[{p.relative_to(folder.root).as_posix()}]({p.relative_to(folder.root).as_posix()})" for p in paths if p.is_file()]
-        lines.append(f"- {title}: {', '.join(links) if links else 'no report yet'}")
+        if links or not title.startswith("evaluation of other models"):  # an optional step: listed once it has run
+            lines.append(f"- {title}: {', '.join(links) if links else 'no report yet'}")
     lines.append("")
     atomic_write_text(folder.index, "\n".join(lines))
     return folder.index
@@ -312,6 +354,38 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     """:func:`atomic_write_text` of ``obj`` as indented JSON with a final newline."""
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+DISPLAY_DIGITS = 6
+"""Significant digits of every float in a report JSON (metrics, timings, sizes): 0.747096, 2696.38 µs."""
+EXACT_KEYS = frozenset({"scale", "zero_point", "input_scale", "mean", "std", "clip_sigma", "thresholds"})
+"""Keys whose floats a report JSON keeps exact: quantization parameters, standardization, the input clipping
+and the decision thresholds, all read back to compute (a threshold rounded up past an int8 output's
+dequantized value would flip that record's decision)."""
+
+
+def display_floats(obj, exact_keys: frozenset = EXACT_KEYS):
+    """``obj`` with its floats rounded to DISPLAY_DIGITS significant digits, except under ``exact_keys``.
+
+    The one rounding rule of the reports (metrics.json, export.json, bench and compression
+    summaries): what a reader compares by eye is short; what a program reads back to compute
+    (quantization scales and zero points, standardization) stays exact. Training state is
+    never rounded (it is written with :func:`atomic_write_json`).
+    """
+    if isinstance(obj, float):
+        return float(f"{obj:.{DISPLAY_DIGITS}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: (v if k in exact_keys else display_floats(v, exact_keys)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [display_floats(v, exact_keys) for v in obj]
+    return obj
+
+
+def write_report_json(path: str | os.PathLike, obj) -> dict:
+    """:func:`atomic_write_json` of :func:`display_floats` of ``obj``; returns what was written."""
+    shown = display_floats(obj)
+    atomic_write_json(path, shown)
+    return shown
 
 
 class RunLock:

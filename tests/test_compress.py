@@ -132,3 +132,24 @@ def test_h5_model_with_an_unknown_custom_class_is_refused(tmp_path):
         fh.attrs["model_config"] = config.replace('"class_name": "Dense"', '"class_name": "EvilDense"')
     with pytest.raises(ValueError, match=r"m\.h5: layer 'head': unknown class 'EvilDense'"):
         load_model(tmp_path / "m.h5")
+
+
+def test_the_compression_report_tabulates_every_stage_and_links_its_figures(tmp_path):
+    """compress/report.md from compress.json alone: float row first, deltas against it, figures that exist, an index link."""
+    import re
+
+    from edge_ecg.compress.report import write_report
+
+    row = lambda name, auc, params, zeros, macs: {"name": name, "val_auc": auc, "sparsity": zeros / params, "zero_weights": zeros,  # noqa: E731
+                                                   "params": params, "macs": macs, "int8_bytes": params + 40, "nonzero_int8_bytes": params + 40 - zeros}
+    report = {"run": str(tmp_path), "float": row("float (trained)", 0.91, 1000, 0, 50_000),
+              "stages": [row("prune50", 0.905, 1000, 480, 50_000), row("prune50+pqat", 0.9, 1000, 480, 50_000)], "final": "prune50+pqat"}
+    (tmp_path / "compress").mkdir()
+    path = write_report(tmp_path, report)
+    text = path.read_text()
+    assert path == tmp_path / "compress" / "report.md"
+    assert "| float (trained) | 0.9100 |  | 0.0% | 1,000 | 50,000 | 1,040 | 1,040 |" in text
+    assert "| prune50+pqat | 0.9000 | -0.0100 | 48.0% | 1,000 | 50,000 | 1,040 | 560 |" in text
+    figures = re.findall(r"\]\(([^)\s]+\.png)\)", text)
+    assert len(figures) == 2 and all((tmp_path / "compress" / f).stat().st_size > 0 for f in figures)
+    assert "[compress/report.md](compress/report.md)" in (tmp_path / "index.md").read_text()

@@ -133,3 +133,30 @@ def test_teacher_that_saw_the_test_fold_or_misses_records_is_refused(ptbxl, tmp_
     # a rotation as teacher: fold k's model for student fold k
     probs = teacher_soft_labels(str(rotation_dir), ptbxl.select((ptbxl.folds != 4) & (ptbxl.folds != 5)), test_fold=4)
     assert probs.shape == (int(((ptbxl.folds != 4) & (ptbxl.folds != 5)).sum()), 5)
+
+
+def test_the_rotation_report_shows_each_fold_and_the_pooled_auc_with_intervals(tmp_path):
+    """report.md from pooled.json's content: a row per fold (interval or the classes left out), the figure, an index link."""
+    import re
+
+    per_fold = {str(k): {"records": 98, "macro_auc": 0.8 + k / 100, "macro_auc_ci95": [0.7 + k / 100, 0.85 + k / 100],
+                         "excluded_classes": []} for k in range(1, 11)}
+    per_fold["3"] = {"records": 97, "macro_auc": 0.81, "macro_auc_ci95": [0.7, 0.9], "excluded_classes": ["HYP"]}
+    report = {"records": 975, "macro_auc": 0.86, "macro_auc_ci95": [0.84, 0.88],
+              "per_class_auc": dict(zip(("NORM", "MI", "STTC", "CD", "HYP"), (0.9, 0.85, 0.88, 0.8, 0.87))), "per_fold": per_fold}
+    (tmp_path / "cv.json").write_text("{}")  # a rotation folder
+    text = cv.write_report(tmp_path, report).read_text()
+    assert "**pooled macro AUC 0.8600** (95 % bootstrap interval 0.8400–0.8800) over 975 records" in text
+    assert "| 3 | 97 | 0.8100 [0.7000, 0.9000] | HYP |" in text and "| 10 | 98 | 0.9000 [0.8000, 0.9500] | - |" in text
+    assert "| pooled | 975 | 0.8600 [0.8400, 0.8800] | - |" in text
+    (figure,) = re.findall(r"\]\(([^)\s]+\.png)\)", text)
+    assert (tmp_path / figure).stat().st_size > 0
+    assert "[report.md](report.md)" in (tmp_path / "index.md").read_text()
+
+
+def test_the_pooled_report_gives_every_fold_an_interval_around_its_auc(rotation_dir):
+    report = json.loads((rotation_dir / "pooled.json").read_text())
+    for k, fold in report["per_fold"].items():
+        lo, hi = fold["macro_auc_ci95"]
+        assert lo <= fold["macro_auc"] <= hi, (k, fold)
+    assert (rotation_dir / "report.md").is_file() and (rotation_dir / "fold_auc.png").stat().st_size > 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import sys
 from pathlib import Path
+
+import pytest
 
 from edge_ecg.cli import build_parser
 
@@ -117,3 +120,48 @@ def test_the_test_script_names_what_it_cannot_install_and_runs_pytest(tmp_path):
     old.chmod(0o755)
     wrong = subprocess.run([bash, "scripts/test"], cwd=root, env={**env, "PYTHON": str(old)}, capture_output=True, text=True)
     assert wrong.returncode == 1 and "edge-ecg needs Python 3.10-3.12" in wrong.stderr and not wrong.stdout
+
+
+def _links(markdown: str) -> list[str]:
+    return re.findall(r"\]\(([^)\s]+)\)", markdown)
+
+
+@pytest.mark.slow
+def test_the_readmes_first_command_runs_the_pipeline_as_written(ptbxl_dir, tmp_path):
+    """The first line's `edge-ecg run` part, run as written with the installed venv into a temporary run folder.
+
+    The venv and `pip install` parts are this checkout's own installation (not redone); `--run` is added so the
+    test writes nothing into the checkout. Every stage's report must exist, link figures that exist, and be
+    linked from index.md.
+    """
+    import subprocess
+
+    install = _bash_blocks()[0][0]
+    parts = [p.strip() for p in install.split("&&")]
+    assert parts[:2] == ["python3 -m venv .venv", '.venv/bin/pip install -e ".[test]"'], parts
+    argv = shlex.split(parts[2])
+    assert argv[:2] == [".venv/bin/edge-ecg", "run"] and "--run" not in argv, argv
+    exe = REPO / argv[0]
+    if not exe.is_file():
+        pytest.skip(f"{exe} not found: run the README's first command (it creates the venv) before this test")
+    data = argv[argv.index("--data") + 1]
+    if not (REPO / data).is_dir():  # the checkout is not beside shared/: the same records, where the tests read them
+        argv[argv.index("--data") + 1] = str(ptbxl_dir)
+    run = tmp_path / "quick"
+    done = subprocess.run([str(exe), *argv[1:], "--run", str(run)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert stages["bench"]["records"] == stages["bench"]["identical_to_reference"] == 126
+    assert (run / "compress" / "final.h5").is_file() and (run / "firmware" / "esp32" / "build.json").is_file()
+
+    index = (run / "index.md").read_text()
+    reports = ["report.md", "compress/report.md", "export/report.md", "bench/emulator-tflm.md"]
+    assert set(reports) <= set(_links(index)) and "no report yet" not in index, index
+    for report in reports:
+        path = run / report
+        figures = [link for link in _links(path.read_text()) if link.endswith(".png")]
+        assert len(figures) >= 2, (report, figures)
+        assert all((path.parent / f).stat().st_size > 0 for f in figures), (report, figures)
+    from test_quiet import TF_LOG_LINE  # tests/ is on sys.path (pytest rootdir conftest)
+
+    assert not TF_LOG_LINE.search(done.stderr + done.stdout), done.stderr[-3000:]  # quiet by default

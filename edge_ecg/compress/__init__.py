@@ -10,7 +10,8 @@ best epoch kept by validation macro AUC)::
       structured50+prune50/  ...
       structured50+prune50+pqat/
       final.h5               copy of the last stage's model (what `export` takes)
-      compress.json          every stage: sparsity, parameters, MACs, validation AUC
+      compress.json          the float model and every stage: sparsity, parameters, MACs, validation AUC
+      report.md              the same as a table, with a size/accuracy figure (edge_ecg.compress.report)
 
 Stage folders are named after the chain that produced them, so the same request
 resumes and a different one never overwrites it.
@@ -28,13 +29,14 @@ from edge_ecg.compress.structured import structured_prune
 from edge_ecg.compress.tfmot_stages import (
     kernel_sparsity,
     kernel_zero_fractions,
+    kernel_zeros,
     load_model,
     prune_magnitude,
     pruning_callbacks,
     quantize,
     strip_pruning,
 )
-from edge_ecg.runfolder import RunFolder, atomic_write_bytes, locks_run
+from edge_ecg.runfolder import RunFolder, atomic_write_bytes, display_floats, locks_run, write_report_json
 
 __all__ = [
     "compress",
@@ -81,7 +83,6 @@ def compress(
 ) -> dict:
     """Run the requested chain (structured -> magnitude -> QAT/PQAT) on ``run``'s trained model."""
     from edge_ecg.data import Standardizer
-    from edge_ecg.models import summary
     from edge_ecg.progress import console
     from edge_ecg.train import (
         BEST_WEIGHTS,
@@ -111,7 +112,7 @@ def compress(
 
     root = RunFolder(run).compress
     root.mkdir(exist_ok=True)
-    report = {"run": str(run), "stages": []}
+    report = {"run": str(run), "float": _model_entry("float (trained)", model, _trained_val_auc(run)), "stages": []}
     for name in names:
         kind = name.rsplit("+", 1)[-1]
         out = root / name
@@ -155,19 +156,40 @@ def compress(
         with warnings.catch_warnings():  # HDF5 on purpose: QAT wrappers do not reload from .keras
             warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
             model.save(out / "model.h5")
-        info = {k: v for k, v in summary(model).items() if k != "layers"}
-        entry = {
-            "name": name,
-            "request": request,
-            "finished": True,
-            "best_epoch": state["best_epoch"],
-            "val_auc": state["best_auc"],
-            "sparsity": kernel_sparsity(model),
-            **info,
-        }
-        write_json(stage_file, entry)
+        entry = {"request": request, "finished": True, "best_epoch": state["best_epoch"], **_model_entry(name, model, state["best_auc"])}
+        entry = write_report_json(stage_file, entry)  # returned as written: a resumed stage reads back the same
         report["stages"].append(entry)
     atomic_write_bytes(root / FINAL_MODEL, (root / names[-1] / "model.h5").read_bytes())  # export never sees half a copy
     report["final"] = names[-1]
-    write_json(root / "compress.json", report)
+    report = write_report_json(root / "compress.json", report)
+    from edge_ecg.compress.report import write_report
+
+    write_report(run, report)
     return report
+
+
+def _trained_val_auc(run: Path) -> float | None:
+    """The trained model's best validation macro AUC (its training state), None when the state is gone."""
+    from edge_ecg.train import STATE_DIR
+
+    path = run / STATE_DIR / "state.json"
+    return json.loads(path.read_text()).get("best_auc") if path.is_file() else None
+
+
+def _model_entry(name: str, model, val_auc: float | None) -> dict:
+    """One row of compress.json: validation AUC, zero weights, parameters, MACs, int8 byte estimates.
+
+    Parameters count QAT's quantizer ranges too; the byte estimates are what the int8 model stores.
+    """
+    from edge_ecg.models import summary
+
+    zeros, kernel_weights = kernel_zeros(model)
+    info = {k: v for k, v in summary(model).items() if k != "layers"}
+    return display_floats({
+        "name": name,
+        "val_auc": val_auc,
+        "sparsity": zeros / kernel_weights if kernel_weights else 0.0,
+        "zero_weights": zeros,
+        "nonzero_int8_bytes": info["int8_bytes"] - zeros,  # a zero int8 weight, left out, saves its byte
+        **info,
+    })

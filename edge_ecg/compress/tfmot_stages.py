@@ -199,12 +199,18 @@ def kernel_zero_fractions(model) -> dict[str, float]:
     return out
 
 
-def kernel_sparsity(model) -> float:
-    """Fraction of exactly-zero weights over all convolution and dense kernels together."""
+def kernel_zeros(model) -> tuple[int, int]:
+    """(exactly-zero weights, all weights) over the convolution and dense kernels together."""
     zeros = total = 0
     for w in model.weights:
         if w.name.rpartition("/")[2] in ("kernel:0", "depthwise_kernel:0"):
             values = w.numpy()
             zeros += int(np.sum(values == 0))
             total += values.size
+    return zeros, total
+
+
+def kernel_sparsity(model) -> float:
+    """Fraction of exactly-zero weights over all convolution and dense kernels together."""
+    zeros, total = kernel_zeros(model)
     return zeros / total if total else 0.0
