@@ -35,7 +35,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from edge_ecg.bench.boards import CORE_DIR, HOST_DIR, BoardConnector, BoardError
 from edge_ecg.bench.host import FIRMWARE, build_host_port
@@ -235,8 +235,28 @@ def build_tflm_library(
     at a time. Facts: ``sources``, ``compiled`` (this call), ``cache`` folder.
     """
     sources = tflm_sources(tree, calls)
-    root = _cache_root(tree, cache_dir)
     includes = [f"-I{d}" for d in tree.include_dirs]
+    return compile_archive(
+        tree, sources, _cache_root(tree, cache_dir), lambda src: [CXX, *TFLM_CXXFLAGS, *includes], "ar", jobs=jobs
+    )
+
+
+def compile_archive(
+    tree: TflmTree,
+    sources: Sequence[Path],
+    root: Path,
+    compiler_for: Callable[[Path], list[str]],
+    ar: str,
+    *,
+    jobs: int = 2,
+) -> tuple[Path, dict]:
+    """Compile ``sources`` of ``tree`` into objects under ``root`` (cached) and archive them with ``ar``.
+
+    ``compiler_for(src)`` gives the compiler and flags for one source (``-c``/``-o`` are added).
+    An object is rebuilt when missing or older than its source; ``jobs`` compilers run at a
+    time. The host and the cross (mps2-an386) TFLM builds share this. Returns the ``.a`` and
+    build facts: ``sources``, ``compiled`` (this call), ``cache`` folder.
+    """
     todo = []
     objects = []
     for src in sources:
@@ -249,7 +269,7 @@ def build_tflm_library(
         src, obj = item
         obj.parent.mkdir(parents=True, exist_ok=True)
         tmp = obj.with_suffix(f".o.{os.getpid()}.tmp")  # a killed build leaves no half object
-        _run([CXX, *TFLM_CXXFLAGS, *includes, "-c", str(src), "-o", str(tmp)], f"TFLM source {src}")
+        _run([*compiler_for(src), "-c", str(src), "-o", str(tmp)], f"TFLM source {src}")
         os.replace(tmp, obj)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -260,7 +280,7 @@ def build_tflm_library(
     if todo or not lib.is_file():
         tmp = lib.with_suffix(f".a.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
-        _run(["ar", "rcs", str(tmp), *map(str, objects)], "the TFLM library")
+        _run([ar, "rcs", str(tmp), *map(str, objects)], "the TFLM library")
         os.replace(tmp, lib)
     return lib, {"sources": len(sources), "compiled": len(todo), "cache": str(root)}
 

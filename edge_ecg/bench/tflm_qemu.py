@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -55,6 +54,7 @@ from edge_ecg.bench.tflm_board import (
     TFLM_HOST_DIR,
     TflmTree,
     _export_dir,
+    compile_archive,
     find_tflm_tree,
     model_resolver_calls,
     tflm_sources,
@@ -185,32 +185,12 @@ def build_mps2_tflm_library(
     root.mkdir(parents=True, exist_ok=True)
     (root / "tree.txt").write_text(f"{tree.root}\n{tree.layout}\n{kernels}\n")
     includes = _includes(tree, kernels)
-    todo, objects = [], []
-    for src in sources:
-        obj = root / "obj" / src.relative_to(tree.root).with_suffix(".o")
-        objects.append(obj)
-        if not obj.is_file() or obj.stat().st_mtime < src.stat().st_mtime:
-            todo.append((src, obj))
 
-    def compile_one(item: tuple[Path, Path]) -> None:
-        src, obj = item
-        obj.parent.mkdir(parents=True, exist_ok=True)
-        tmp = obj.with_suffix(f".o.{os.getpid()}.tmp")  # a killed build leaves no half object
+    def compiler_for(src: Path) -> list[str]:
         compiler = [cxx, *_CXX_ONLY] if src.suffix == ".cc" else [cc, "-std=gnu11"]
-        _run([*compiler, *_COMMON, *defines, *includes, "-c", str(src), "-o", str(tmp)], f"TFLM source {src}")
-        os.replace(tmp, obj)
+        return [*compiler, *_COMMON, *defines, *includes]
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for _ in pool.map(compile_one, todo):
-            pass
-    digest = hashlib.sha256("\n".join(map(str, objects)).encode()).hexdigest()[:12]
-    lib = root / f"libtflm-{digest}.a"
-    if todo or not lib.is_file():
-        tmp = lib.with_suffix(f".a.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        _run(["arm-none-eabi-ar", "rcs", str(tmp), *map(str, objects)], "the TFLM library")
-        os.replace(tmp, lib)
-    return lib, {"sources": len(sources), "compiled": len(todo), "cache": str(root)}
+    return compile_archive(tree, sources, root, compiler_for, "arm-none-eabi-ar", jobs=jobs)
 
 
 def build_mps2_tflm_board(
