@@ -700,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest int8 validation macro AUC loss a site's export accepts, on its own fold 9 (default: 0.01)")
     p.add_argument("--target", default="esp32", help="firmware target of each exported site (default: esp32)")
     p.add_argument("--deployment", metavar="HOST:PORT",
-                   help="run on a Flower SuperLink (its Control API address, e.g. 127.0.0.1:9093) instead of the simulation; "
+                   help="run on a Flower SuperLink (its address, e.g. 127.0.0.1:8000: flwr 1.42 serves every API on the SuperLink's --port) instead of the simulation; "
                         "see the README for starting the SuperLink and one SuperNode per site")
     p.set_defaults(func=cmd_federate)
 

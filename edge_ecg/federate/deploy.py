@@ -5,8 +5,8 @@ In flwr 1.42 a SuperLink serves its Fleet, Control and runtime APIs over HTTP on
 
 1. checks that a SuperLink answers at ``HOST:PORT`` (a TCP connection within
    :data:`CONNECT_TIMEOUT_S`), else :class:`DeploymentError` saying how to start one;
-2. writes a Flower app folder, ``RUN/flower_app/pyproject.toml``, whose components are this
-   are :mod:`edge_ecg.federate.flower_apps`' ``server_app`` and ``client_app`` and whose run config carries the plan (options,
+2. writes a Flower app folder, ``RUN/flower_app/pyproject.toml``, whose components are
+   :mod:`edge_ecg.federate.flower_apps`' ``server_app`` and ``client_app`` and whose run config carries the plan (options,
    sites and their ecg_ids, as JSON) and the path where the ServerApp writes its results;
 3. runs ``flwr run RUN/flower_app edge-ecg --stream`` with a private ``FLWR_HOME`` whose
    ``config.toml`` names the SuperLink (insecure: TLS is the SuperLink's ``--ssl-*`` options);
