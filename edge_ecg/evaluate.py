@@ -109,10 +109,10 @@ def evaluate(
         model_file, size = RunFolder(run).model.name, summary(keras_model)
         out = run
     else:
-        from edge_ecg.external_eval import _int8_side, compressed_predictor
+        from edge_ecg.external_eval import int8_side, compressed_predictor
 
         if model == "int8":
-            predict_mv, window, _, _, model_file = _int8_side(run, progress=False)
+            predict_mv, window, _, _, model_file = int8_side(run, progress=False)
         else:
             predict_mv, window, model_file = compressed_predictor(run)
         if split.test.signals.shape[1] != window:

@@ -94,7 +94,9 @@ def compressed_predictor(run: Path):
     return (lambda x: predict(model, standardizer.transform(x))), int(model.input_shape[1]), str(path.relative_to(run))
 
 
-def _int8_side(run: Path, progress: bool):
+def int8_side(run: Path, progress: bool):
+    """(predict function on mV windows, window samples, thresholds, threshold note, model file) of the exported
+    int8 model through TFLite Micro; shared by external evaluation and ``evaluate --model int8``."""
     from edge_ecg.data import Standardizer
     from edge_ecg.export.convert import model_io
     from edge_ecg.export.emulator import tflm_run
@@ -203,7 +205,7 @@ def evaluate_external(
     _check_out(run, out)
     config = TrainConfig.from_dict(read_run_config(run)["train"])
     predict_mv, window, thresholds, threshold_note, model_file = (
-        _float_side(run) if model == "float" else _int8_side(run, progress)
+        _float_side(run) if model == "float" else int8_side(run, progress)
     )
     ds = dataset if dataset is not None else load_dataset(
         data, config.rate, format=format, window=window, rhythm_only=rhythm_only, leads=config.leads, progress=progress
