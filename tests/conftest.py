@@ -61,9 +61,18 @@ TRAINING_FIXTURES = {"trained_run", "exported", "tiny_run", "rotation_dir", "pip
 TRAINING_RUN_MODULES = {"test_boards", "test_mlperf_runner", "test_tflm_board"}
 
 
+# scripts/test runs the suite on every core with pytest-xdist (`--dist loadgroup`). Each test file is
+# one group, so a module's fixtures are built once; the files that start Ray or Flower (which runs its
+# simulation on Ray) share one group, so no two Ray instances run at once and a plain `ray.init()`
+# never joins the other test's cluster.
+RAY_MODULES = {"test_ray", "test_federate", "test_federate_deploy"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
         names = set(getattr(item, "fixturenames", ()))
-        trains = bool(names & TRAINING_FIXTURES) or ("run" in names and item.module.__name__ in TRAINING_RUN_MODULES)
+        trains = bool(names & TRAINING_FIXTURES) or ("run" in names and module in TRAINING_RUN_MODULES)
         if trains and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)

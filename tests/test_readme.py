@@ -51,7 +51,7 @@ def test_the_test_script_installs_what_the_tests_need_and_runs_pytest_quietly():
         assert re.search(rf"(^|[\s(]){re.escape(package)}([\s)]|$)", text, flags=re.M), package
         assert f"`{package}`" in README, f"the README's prerequisites do not name {package}"
     assert '.venv/bin/pip install -q -e ".[test]"' in text
-    assert text.rstrip().splitlines()[-1] == 'exec .venv/bin/python -m pytest -q "$@"'
+    assert text.rstrip().splitlines()[-1] == 'exec .venv/bin/python -m pytest -q -n "${EDGE_ECG_TEST_WORKERS:-auto}" --dist loadgroup "$@"'
 
 
 def test_the_readme_states_the_python_range_of_pyproject():
@@ -109,7 +109,9 @@ def test_the_test_script_names_what_it_cannot_install_and_runs_pytest(tmp_path):
     assert run.returncode == 0, run.stderr
     assert ("scripts/test: not installed (needs apt-get as root): gcc g++ make cmake gcc-arm-none-eabi "
             "libnewlib-arm-none-eabi qemu-system-arm clang libclang-rt-14-dev; the tests that need them skip") in run.stderr
-    assert run.stdout.splitlines() == ['pip install -q -e .[test]', "python -m pytest -q tests/test_x.py -x"]
+    assert run.stdout.splitlines() == ['pip install -q -e .[test]', "python -m pytest -q -n auto --dist loadgroup tests/test_x.py -x"]
+    serial = subprocess.run([bash, "scripts/test"], cwd=root, env={**env, "EDGE_ECG_TEST_WORKERS": "0"}, capture_output=True, text=True)
+    assert serial.stdout.splitlines()[-1] == "python -m pytest -q -n 0 --dist loadgroup"
 
     strict = subprocess.run([bash, "scripts/test"], cwd=root, env={**env, "EDGE_ECG_REQUIRE_TOOLS": "1"},
                             capture_output=True, text=True)
