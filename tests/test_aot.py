@@ -421,11 +421,22 @@ def _dense_over_time(L, inputs):
     return L.Dense(4)(L.Flatten()(x))
 
 
+def _every_window_clipped(L, inputs):
+    # A sequence shorter than the kernel deep in a net (a searched dscnn shape hit this):
+    # no output position has a full window, so the folded bias is never read.
+    x = L.Reshape((96, 1, 3))(inputs)
+    x = L.Conv2D(6, (24, 1), strides=(24, 1), activation="relu")(x)  # 4 positions
+    x = L.DepthwiseConv2D((11, 1), padding="same", activation="relu")(x)
+    x = L.Conv2D(5, (11, 1), padding="same")(x)
+    return L.Dense(3)(L.GlobalAveragePooling2D()(x))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("build", [_two_dimensional_windows, _dense_over_time])
+@pytest.mark.parametrize("build", [_two_dimensional_windows, _dense_over_time, _every_window_clipped])
 def test_general_windows_and_batched_fully_connected(build, tmp_path):
     """Shapes the ECG models never use but the kernels support: 2-D windows clipped
-    on both axes, and a FULLY_CONNECTED applied to every time step."""
+    on both axes, a FULLY_CONNECTED applied to every time step, and convolutions whose
+    every window is clipped (compiled with -Werror: no unused constant)."""
     from edge_ecg.tf import keras
 
     keras.utils.set_random_seed(3)

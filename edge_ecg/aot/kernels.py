@@ -484,16 +484,19 @@ def _window_bounds(ih: int, iw: int, kh: int, kw: int) -> tuple[str, str]:
     return rows, cols
 
 
-def _filter_data(fn: str, weights, bias_full, bias, partial: bool, mults, channel: str):
-    """The constant arrays of a convolution: weights, bias with the input offset folded in,
-    the plain bias where padding clips windows, and the requantization multipliers.
+def _filter_data(fn: str, weights, bias_full, bias, partial: bool, mults, channel: str, full_windows: bool = True):
+    """The constant arrays of a convolution: weights, bias with the input offset folded in
+    (only when some window is full: ``full_windows``), the plain bias where padding clips
+    windows, and the requantization multipliers.
 
     Returns (C text, their bytes, C expression of the plain bias for output channel ``channel``).
     """
     oc = len(bias_full)
     data = c_array("int8_t", f"{fn}_weights", weights.reshape(-1), 16)
-    data += c_array("int32_t", f"{fn}_bias_full", bias_full, 8)
-    nbytes = weights.size + 4 * oc
+    nbytes = weights.size
+    if full_windows:  # an array no code reads is an unused-variable error under -Werror
+        data += c_array("int32_t", f"{fn}_bias_full", bias_full, 8)
+        nbytes += 4 * oc
     bias_ref = "0"  # clipped windows start from the plain bias
     if partial and bias.any():
         data += c_array("int32_t", f"{fn}_bias", bias, 8)
@@ -763,7 +766,7 @@ def lower_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
         mults.right_shift_only(rounding, _acc_bound(weights.reshape(oc, -1), bias_full, bias))
 
     def emit_line(fn: str, in_place: bool = False) -> CFunction:
-        data, nbytes, bias_ref = _filter_data(fn, weights, bias_full, bias, partial, mults, "c")
+        data, nbytes, bias_ref = _filter_data(fn, weights, bias_full, bias, partial, mults, "c", line.hi > line.lo)
         body = _line_conv_body(fn, line, oc, mults.bind(fn), out_zp, amin, amax, in_off, bias_ref,
                                f"{fn}_weights", f"{fn}_bias_full")
         # In place the output overwrites input bytes already read: no restrict then.
@@ -880,7 +883,7 @@ def lower_depthwise_conv_2d(graph: Graph, op: Op, rounding: str) -> Step:
         mults.right_shift_only(rounding, _acc_bound(weights.T, bias_full, bias))
 
     def emit_line(fn: str) -> CFunction:
-        data, nbytes, bias_ref = _filter_data(fn, weights, bias_full, bias, partial, mults, "ch")
+        data, nbytes, bias_ref = _filter_data(fn, weights, bias_full, bias, partial, mults, "ch", line.hi > line.lo)
         body = _line_depthwise_body(fn, line, oc, mults.bind(fn), out_zp, amin, amax, in_off, bias_ref)
         func = (
             f"/* DEPTHWISE_CONV_2D (op #{op.index}): {inp.describe()} -> {out.describe()}, "
