@@ -149,6 +149,7 @@ def _train_config(args):
         seed=args.seed,
         class_weighted=args.class_weighted,
         augment=not args.no_augment,
+        augment_site=args.augment_site,
         train_limit=args.train_limit,
         teacher=args.teacher,
         distill_alpha=args.alpha,
@@ -237,6 +238,27 @@ def _evaluate_cv(args) -> int:
         e = result["ensemble"]
         print(f"single seeds {result['single_seed_mean']:.4f} ± {result['single_seed_sd']:.4f}; "
               f"ensemble of {len(seeds)} {e['macro_auc']:.4f} [{e['macro_auc_ci95'][0]:.4f}, {e['macro_auc_ci95'][1]:.4f}]")
+    return 0
+
+
+def cmd_cross_fit(args) -> int:
+    from edge_ecg.distill import cross_fit, crossfit_summary
+
+    config = _train_config(args)
+    out = Path(args.run or f"runs/crossfit/{args.arch}")
+    cross_fit(out, config, test_folds=tuple(args.folds) if args.folds else None, groups=args.groups, ray=args.ray,
+              progress=not args.json)
+    summary = crossfit_summary(out)
+    if args.json:
+        _print_json(summary)
+        return 0
+    for k, fold in summary["folds"].items():
+        aucs = ", ".join(f"{m['best_val_auc']:.3f}" for m in fold["models"] if m["best_val_auc"] is not None)
+        print(f"test fold {k}: {fold['records']} training records labelled by {len(fold['models'])} models "
+              f"(validation macro AUC {aucs}) -> {fold['soft_labels']}")
+    if summary["folds_missing"]:
+        print(f"test folds not cross-fitted yet: {', '.join(map(str, summary['folds_missing']))}")
+    print(f"distill from it: edge-ecg evaluate --cv --teacher {out} ... (or train --teacher {out})")
     return 0
 
 
@@ -358,16 +380,19 @@ def _usb_id(value: str) -> int:
 def cmd_federate(args) -> int:
     from edge_ecg.federate import FederateConfig, federate, format_score
 
+    if args.compare is None:  # a deployment's sites train their local baseline; centralized needs pooled data (--data), opt-in
+        args.compare = "local" if args.deployment else "local,centralized"
     compare = () if args.compare == "none" else tuple(c for c in args.compare.split(",") if c)
     config = FederateConfig(
         data=str(Path(args.data).resolve()) if args.data else None, rate=args.rate, site_by=args.site_by, blank=args.blank,
         arch=args.arch, arch_kwargs=_parse_arch_args(args.arch_arg), rounds=args.rounds, local_epochs=args.local_epochs,
         clients_per_round=args.clients_per_round, strategy=args.strategy, proximal_mu=args.proximal_mu, batch_norm=args.batch_norm,
-        batch_size=args.batch_size, learning_rate=args.lr, augment=not args.no_augment, seed=args.seed,
+        server_lr=args.server_lr, server_momentum=args.server_momentum, keep_round=args.keep_round,
+        batch_size=args.batch_size, learning_rate=args.lr, lr_schedule=args.lr_schedule, augment=not args.no_augment, seed=args.seed,
         site_train_limit=args.site_train_limit, compare=compare, n_boot=args.n_boot, fine_tune=args.fine_tune,
         fine_tune_epochs=args.fine_tune_epochs, fine_tune_lr=args.fine_tune_lr, export_sites=args.export_sites,
         compress_epochs=args.compress_epochs, export_max_drop=args.export_max_drop, target=args.target,
-        site_data=tuple(args.site_data),
+        site_data=tuple(args.site_data), num_sites=args.sites,
     )
     report = federate(args.run, config, verbose=args.verbose, deployment=args.deployment)
     for name, score in report["test_macro_auc"]["pooled"].items():
@@ -416,6 +441,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same result (default: 0)")
     p.add_argument("--class-weighted", action="store_true", help="weight positives by negatives/positives per class")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--augment-site", action="store_true",
+                   help="add site-shift augmentation: per-lead gain and baseline errors, noise spectra, resampling "
+                        "(edge_ecg.train.augment_site)")
     p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training records (quick checks)")
     p.add_argument("--teacher", metavar="RUN_OR_PREDICTIONS",
                    help="distill from a run folder, a --cv folder, a predictions .npz, or several joined by ',' (ensemble)")
@@ -500,6 +528,26 @@ def build_parser() -> argparse.ArgumentParser:
     _train_options(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("cross-fit", help="a leak-free teacher for distillation: cross-fitted soft labels for the rotation",
+                       description="Train a cross-fitted teacher (edge_ecg.distill.cross_fit) for the ten-fold rotation: for each "
+                                   "student test fold k (validation fold k+1), the eight training folds are cut into --groups "
+                                   "groups and each group's soft labels come from a model trained on the other training folds, "
+                                   "so no model labels a record it trained on and none sees fold k. Resumable: rerun the same "
+                                   "command to continue. Use the folder as --teacher of `evaluate --cv` or `train`. The "
+                                   "training options below apply to every teacher model.")
+    p.add_argument("--run", metavar="DIR", help="teacher folder (default: runs/crossfit/ARCH)")
+    p.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these student test folds (default: all ten)")
+    from edge_ecg.distill import CROSSFIT_GROUPS
+
+    p.add_argument("--groups", type=int, default=CROSSFIT_GROUPS, metavar="N", help="teacher models per test fold, 2 to 8: "
+                   f"each labels 8/N training folds and trains on the rest (default: {CROSSFIT_GROUPS})")
+    p.add_argument("--json", action="store_true", help="print one JSON object (folds, models, soft-label files)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="train the test folds as Ray tasks, on a local Ray (no ADDRESS) or the cluster at ADDRESS "
+                        "(`ray start --head`); the folder must be on storage every node sees")
+    _train_options(p)
+    p.set_defaults(func=cmd_cross_fit)
+
     p = sub.add_parser("search", help="hardware-aware search of dscnn shapes (Optuna): validation AUC vs latency within budgets",
                        description="Search dscnn shapes (depth, widths, kernel sizes, strides, pooling, input decimation) that "
                                    "maximize validation macro AUC and minimize latency on --target. Every shape is costed before "
@@ -516,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     limit.add_argument("--max-macs", type=int, metavar="N", help="most multiply-accumulates per record")
     limit.add_argument("--latency-ms", type=float, metavar="MS", help="most estimated milliseconds per record")
     p.add_argument("--trials", type=int, required=True, metavar="N", help="shapes to train (pruned ones do not count)")
-    p.add_argument("--search-folds", type=int, nargs="+", default=[10], metavar="K",
-                   help="rotation folds trained per shape: test K held out, validate on K+1 (default: 10)")
+    p.add_argument("--search-folds", type=int, nargs="+", default=[8, 9, 10], metavar="K",
+                   help="rotation folds trained per shape, their validation AUCs averaged: test K held out, validate on "
+                        "K+1 (default: 8 9 10, validating on 9, 10 and 1)")
     p.add_argument("--clock-mhz", type=float, metavar="MHZ",
                    help="clock turning instructions/cycles into ms (default: 100 for cortex-m4, 240 for the ESP32s)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -673,21 +722,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=10, help="federated rounds (default: 10)")
     p.add_argument("--local-epochs", type=int, default=2, help="epochs each client trains per round (default: 2)")
     p.add_argument("--clients-per-round", type=int, metavar="K", help="sites sampled per round (default: all)")
-    p.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg", help="Flower strategy (default: fedavg)")
+    p.add_argument("--strategy", choices=("fedavg", "fedprox", "fedavgm", "fedadam"), default="fedavg",
+                   help="Flower strategy (default: fedavg); fedavgm, fedadam: server-side momentum / Adam on the averaged update")
+    p.add_argument("--server-lr", type=float, default=1.0, help="fedavgm's server learning rate, fedadam's eta (try 0.01) (default: 1.0)")
+    p.add_argument("--server-momentum", type=float, default=0.9, help="fedavgm's server momentum (default: 0.9)")
+    p.add_argument("--keep-round", choices=("last", "best-val"), default="last",
+                   help="the global model kept: the last round's (default) or the round's with the best mean validation macro AUC "
+                        "the sites reported (weighted by their records)")
     p.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx's proximal weight (default: 0.01)")
     p.add_argument("--batch-norm", choices=("global", "local"), default="global",
                    help="global (default, measured: see the README): BatchNormalization weights averaged like the rest; "
                         "local: kept on each site (FedBN)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of each local stint, cosine decay (default: 2e-3)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the clients' cosine decay (default: 2e-3)")
+    p.add_argument("--lr-schedule", choices=("restart", "rounds"), default="rounds",
+                   help="rounds (default, measured: see the README): one cosine decay across all rounds, each client's stint taking "
+                        "its part (as the centralized baseline over its epochs); restart: each round's local epochs decay from --lr")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--site-train-limit", type=int, metavar="N", help="first N training records of each site (quick checks)")
     p.add_argument("--site-data", action="append", default=[], metavar="NAME=PATH",
                    help="another data folder (a CinC source, e.g. georgia=../shared/data/cinc/georgia) as one more site, "
                         "beside the PTB-XL sites; repeatable. Its records are dealt into folds 1-10 by record")
-    p.add_argument("--compare", default="local,centralized",
-                   help="baselines trained for as many epochs as each client: local, centralized, both (default) or none")
+    p.add_argument("--compare", default=None,
+                   help="baselines trained for as many epochs as each client: local, centralized, both or none (default: both; "
+                        "with --deployment: local, trained by each site's client, as centralized needs every site's records here)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the intervals (default: 1000)")
     p.add_argument("--fine-tune", choices=("none", "head", "all"), default="head",
                    help="after federation, fine-tune per site: the classifier only (default, measured best), every layer, or not at all")
@@ -701,7 +760,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="esp32", help="firmware target of each exported site (default: esp32)")
     p.add_argument("--deployment", metavar="HOST:PORT",
                    help="run on a Flower SuperLink (its address, e.g. 127.0.0.1:8000: flwr 1.42 serves every API on the SuperLink's --port) instead of the simulation; "
-                        "see the README for starting the SuperLink and one SuperNode per site")
+                        "see the README for starting the SuperLink and one SuperNode per site. This process then reads no data: "
+                        "each SuperNode fine-tunes, compresses and exports its own site's model from its own --node-config data=...")
+    p.add_argument("--sites", type=int, metavar="N", help="with --deployment: the number of sites (one SuperNode each) to wait for")
     p.set_defaults(func=cmd_federate)
 
     p = sub.add_parser("run", help="the whole pipeline: data, train, compress, export, build, bench (emulator)",

@@ -122,10 +122,12 @@ def cross_validate(
     return pooled_report(cv_dir) if set(folds) == set(FOLDS) else None
 
 
-def pooled_predictions(cv_dir: str | os.PathLike, name: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(ecg_ids, labels, probabilities, test fold) of every fold, pooled and sorted by ecg_id."""
-    ids, labels, probs, folds = [], [], [], []
-    for k in FOLDS:
+def pooled_predictions(
+    cv_dir: str | os.PathLike, name: str = "test", folds: tuple[int, ...] = FOLDS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ecg_ids, labels, probabilities, test fold) of every fold (or of ``folds``), pooled and sorted by ecg_id."""
+    ids, labels, probs, test_folds = [], [], [], []
+    for k in folds:
         folder = fold_dir(Path(cv_dir), k) / "predictions"
         if not (folder / f"{name}_probs.npy").is_file():
             raise RunError(f"{folder}: fold {k} has no predictions yet; run the rotation (`edge-ecg evaluate --cv`) to finish it")
@@ -133,12 +135,12 @@ def pooled_predictions(cv_dir: str | os.PathLike, name: str = "test") -> tuple[n
         ids.append(fold_ids)
         labels.append(np.load(folder / f"{name}_labels.npy"))
         probs.append(np.load(folder / f"{name}_probs.npy"))
-        folds.append(np.full(len(fold_ids), k))
+        test_folds.append(np.full(len(fold_ids), k))
     ids_all = np.concatenate(ids)
     order = np.argsort(ids_all, kind="stable")
     if len(np.unique(ids_all)) != len(ids_all):
         raise RunError(f"{cv_dir}: a record appears in two test folds; the rotation is corrupt")
-    return ids_all[order], np.concatenate(labels)[order], np.concatenate(probs)[order], np.concatenate(folds)[order]
+    return ids_all[order], np.concatenate(labels)[order], np.concatenate(probs)[order], np.concatenate(test_folds)[order]
 
 
 def naive_probs(labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
@@ -227,9 +229,9 @@ def write_report(cv_dir: str | os.PathLike, report: dict) -> Path:
     return path
 
 
-def ensemble(cv_dirs: list[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Pooled predictions of several rotations (e.g. seeds) averaged record by record."""
-    pooled = [pooled_predictions(d) for d in cv_dirs]
+def ensemble(cv_dirs: list[str | os.PathLike], folds: tuple[int, ...] = FOLDS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled predictions of several rotations (e.g. seeds) averaged record by record (over ``folds``)."""
+    pooled = [pooled_predictions(d, folds=folds) for d in cv_dirs]
     ids, labels, _, folds = pooled[0]
     for other in pooled[1:]:
         if not np.array_equal(other[0], ids):

@@ -12,7 +12,9 @@ A teacher is given as one of:
   training record's soft label comes from a model that saw neither that record nor the
   student's test fold (the in-sample teachers above label records they trained on).
 
-The teacher's probabilities must cover every training record of the student.
+The teacher's probabilities must cover every training record of the student. Soft labels
+are per record, so teacher and student may read different leads (a 12-lead teacher for a
+``--leads 3`` student): each teacher model reads its own leads of the records.
 """
 
 from __future__ import annotations
@@ -45,10 +47,23 @@ def _run_probs(run: Path, records: PtbxlDataset, test_fold: int) -> np.ndarray:
             f"teacher {run} was trained with fold {test_fold} in its training or validation data (its test fold is "
             f"{config.test_fold}); its soft labels would leak the student's test fold {test_fold}"
         )
+    records = _teacher_leads(records, tuple(config.leads), f"teacher {run}")
     model = load_run_model(run)
     x = Standardizer.load(run / STANDARDIZATION_FILE).transform(records.signals)
     check_input_shape(model, x, f"teacher {run}")
     return predict(model, x)
+
+
+def _teacher_leads(records: PtbxlDataset, leads: tuple[str, ...], source: str) -> PtbxlDataset:
+    """The records with the teacher's own leads: soft labels are per record, so a 12-lead teacher
+    labels a reduced-lead student's records from all twelve (``records`` must hold them)."""
+    from edge_ecg.data.leads import LeadError, display_name, select_leads
+
+    try:
+        return select_leads(records, leads)
+    except LeadError:
+        show = lambda names: ",".join(display_name(x) for x in names)  # noqa: E731
+        raise TeacherError(f"{source} reads leads {show(leads)}; the records it should label hold only {show(records.leads)}") from None
 
 
 def _npz_probs(path: Path, records: PtbxlDataset, test_fold: int) -> np.ndarray:
@@ -69,7 +84,11 @@ def _npz_probs(path: Path, records: PtbxlDataset, test_fold: int) -> np.ndarray:
 def teacher_soft_labels(
     teacher: str, records: PtbxlDataset, *, test_fold: int, cache: Path | None = None
 ) -> np.ndarray:
-    """The teacher's probabilities for ``records`` (N, 5), checked for leaks and coverage."""
+    """The teacher's probabilities for ``records`` (N, 5), checked for leaks and coverage.
+
+    ``records`` are the student's training records with every lead the data hold: a teacher
+    model reads its own leads of them (its run's ``train.leads``), whatever the student's are.
+    """
     if cache is not None and cache.is_file():
         return np.load(cache)
     parts = []
@@ -171,6 +190,11 @@ def _cross_fit_fold(teacher_dir: Path, config, dataset: PtbxlDataset, test_fold:
     ids, probs = [], []
     for part in plan:
         run = folder / f"group{part['group']}"
+        if progress:
+            from edge_ecg.progress import console
+
+            console().print(f"[bold]{Path(teacher_dir).name}[/]: test fold {test_fold}, model {part['group'] + 1} of {len(plan)} "
+                            f"(labels folds {','.join(map(str, part['labels_folds']))}, validates on {part['val_fold']})")
         probs.append(_teacher_model(run, config, dataset, part, progress))
         ids.append(np.load(run / "labelled_ecg_ids.npy"))
     np.save(folder / TEST_IDS_FILE, dataset.ecg_ids[dataset.folds == test_fold])
@@ -200,8 +224,12 @@ def cross_fit(teacher_dir, config, *, dataset: PtbxlDataset | None = None, test_
     teacher_dir = Path(teacher_dir)
     if config.teacher:
         raise TeacherError("a cross-fitted teacher is trained from labels only; drop --teacher from its configuration")
-    dataset = dataset if dataset is not None else load_ptbxl(config.data, config.rate)
     test_folds = tuple(test_folds or FOLDS)
+    unknown = [k for k in test_folds if k not in FOLDS]
+    if unknown:
+        raise TeacherError(f"test fold(s) {', '.join(map(str, unknown))}: PTB-XL's folds are 1 to 10")
+    crossfit_plan(test_folds[0], groups)  # a bad number of groups fails before the data are read
+    dataset = dataset if dataset is not None else load_ptbxl(config.data, config.rate)
     marker = teacher_dir / CROSSFIT_FILE
     if marker.is_file():
         saved = json.loads(marker.read_text())
@@ -212,8 +240,45 @@ def cross_fit(teacher_dir, config, *, dataset: PtbxlDataset | None = None, test_
         teacher_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(marker, {"format": 1, "groups": groups, "train": asdict(config)})
     todo = [t for t in test_folds if not _crossfit_fold_dir(teacher_dir, t).with_suffix(".npz").is_file()]
+    if progress and todo != list(test_folds):
+        from edge_ecg.progress import console
+
+        done = ", ".join(str(t) for t in test_folds if t not in todo)
+        console().print(f"[bold]{teacher_dir.name}[/]: test fold(s) {done} already cross-fitted (kept)")
+    if progress and ray is not None and todo:
+        from edge_ecg.progress import console
+
+        console().print(f"[bold]{teacher_dir.name}[/]: test folds {', '.join(map(str, todo))} as Ray tasks ({ray})")
     map_calls(_cross_fit_fold, [(teacher_dir, config, dataset, t, groups, progress and ray is None) for t in todo], ray=ray)
     return teacher_dir
+
+
+def crossfit_summary(teacher_dir) -> dict:
+    """What a cross-fitted teacher folder holds: per student test fold its checked soft labels and models."""
+    from edge_ecg.cv import FOLDS
+
+    teacher_dir = Path(teacher_dir)
+    marker = teacher_dir / CROSSFIT_FILE
+    if not marker.is_file():
+        raise TeacherError(f"{teacher_dir}: not a cross-fitted teacher (no {CROSSFIT_FILE})")
+    saved = json.loads(marker.read_text())
+    folds, missing = {}, []
+    for k in FOLDS:
+        npz = _crossfit_fold_dir(teacher_dir, k).with_suffix(".npz")
+        if not npz.is_file():
+            missing.append(k)
+            continue
+        check_crossfit(teacher_dir, k)
+        models = []
+        for part in json.loads((_crossfit_fold_dir(teacher_dir, k) / "plan.json").read_text()):
+            state_path = _crossfit_fold_dir(teacher_dir, k) / f"group{part['group']}" / "state" / "state.json"
+            state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+            models.append({**part, "best_epoch": state.get("best_epoch"), "best_val_auc": state.get("best_auc")})
+        with np.load(npz) as z:
+            records = int(len(z["ecg_ids"]))
+        folds[str(k)] = {"soft_labels": str(npz), "records": records, "models": models}
+    return {"teacher_dir": str(teacher_dir), "groups": saved["groups"], "train": saved["train"], "folds": folds,
+            "folds_missing": missing, "use": f"--teacher {teacher_dir}"}
 
 
 def check_crossfit(teacher_dir, test_fold: int) -> None:
@@ -255,5 +320,5 @@ def crossfit_predictions(teacher_dir, test_fold: int) -> Path:
     return _crossfit_fold_dir(Path(teacher_dir), test_fold).with_suffix(".npz")
 
 
-__all__ = ["CROSSFIT_GROUPS", "TeacherError", "check_crossfit", "cross_fit", "crossfit_plan", "teacher_soft_labels",
-           "write_teacher_npz"]
+__all__ = ["CROSSFIT_GROUPS", "TeacherError", "check_crossfit", "cross_fit", "crossfit_plan", "crossfit_summary",
+           "teacher_soft_labels", "write_teacher_npz"]

@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -66,6 +66,8 @@ class TrainConfig:
     seed: int = 0
     class_weighted: bool = False
     augment: bool = True
+    # site-shift augmentation (augment_site below) on top of, or instead of, ``augment``
+    augment_site: bool = False
     train_limit: int | None = None  # use only the first N training records (smoke tests)
     teacher: str | None = None  # run folder(s), CV folder or predictions .npz: see edge_ecg.distill
     distill_alpha: float = 0.5  # weight of the teacher's soft labels in the loss (0: labels only)
@@ -123,6 +125,72 @@ def augment(x: np.ndarray, rng: np.random.Generator, rate: int = 100) -> np.ndar
             wander = amp * np.sin(2 * np.pi * freq * np.arange(t) / rate + phase)
             out[i] += wander[:, None].astype(np.float32)
     return out
+
+
+def augment_site(x: np.ndarray, rng: np.random.Generator, rate: int = 100) -> np.ndarray:
+    """What differs between acquisition sites, drawn per record on standardized signals (N, T, L).
+
+    Models the differences between PTB-XL and other hospitals' recorders that a model should not
+    learn (``--augment-site``; measured in ``benchmarks/site_shift.py``). Each transform is applied
+    to a record with probability 1/2, all draws from ``rng``:
+
+    * per-lead gain error, x lognormal(0, 0.15) on each lead independently (calibration, electrode
+      impedance; ``augment`` scales all leads alike);
+    * per-lead baseline: an offset N(0, 0.3) plus a linear drift and a 0.05-0.7 Hz wander of up to
+      0.8 standard deviations, drawn per lead (electrodes wander independently);
+    * a noise spectrum: white noise through a random one-pole filter (coefficient -0.9..0.9, from
+      high-frequency EMG-like to low-frequency motion-like noise), 0.02-0.15 standard deviations,
+      and with probability 1/4 of the records a mains residue (a 35-50 Hz tone: 60 Hz aliases to
+      40 Hz at 100 Hz, 50 Hz sits at Nyquist) of up to 0.1;
+    * resampling: the time axis stretched by 0.97-1.03 (sample clocks, rate conversion; linear
+      interpolation, then cut or edge-padded to T) and a 3-tap low-pass [a, 1-2a, a], a <= 0.25
+      (other anti-alias filters / bandwidths).
+
+    (A variant with wider per-lead gains, lognormal(0, 0.25), and the 3-tap filter also sharpening,
+    a in [-0.2, 0.25] -- CinC records carry about 1.5 times PTB-XL's share of power at 15-30 Hz --
+    did no better on CinC for fold 10: see the README's site-shift table.)
+
+    Lead polarity (electrode reversal) is not modelled: a reversal swaps leads by name, and a
+    recorder that reverses electrodes gives a genuinely different ECG, not a site difference.
+    """
+    n, t, leads = x.shape
+    out = x.astype(np.float32, copy=True)
+    time = np.arange(t, dtype=np.float64)
+    for i in range(n):
+        if rng.random() < 0.5:
+            out[i] *= np.exp(rng.normal(0.0, 0.15, leads)).astype(np.float32)
+        if rng.random() < 0.5:
+            offset = rng.normal(0.0, 0.3, leads)
+            drift = rng.uniform(-0.3, 0.3, leads)[None, :] * (time[:, None] / max(t - 1, 1) - 0.5)
+            freq, phase, amp = rng.uniform(0.05, 0.7, leads), rng.uniform(0, 2 * np.pi, leads), rng.uniform(0.0, 0.8, leads)
+            wander = amp * np.sin(2 * np.pi * freq * time[:, None] / rate + phase)
+            out[i] += (offset + drift + wander).astype(np.float32)
+        if rng.random() < 0.5:
+            import scipy.signal
+
+            coef, level = rng.uniform(-0.9, 0.9), rng.uniform(0.02, 0.15)
+            noise = scipy.signal.lfilter([1.0], [1.0, -coef], rng.normal(0.0, 1.0, (t, leads)), axis=0)
+            noise *= level / max(float(noise.std()), 1e-12)
+            if rng.random() < 0.25:
+                noise += rng.uniform(0.0, 0.1) * np.sin(2 * np.pi * rng.uniform(35.0, min(50.0, rate / 2)) * time / rate
+                                                         + rng.uniform(0, 2 * np.pi))[:, None]
+            out[i] += noise.astype(np.float32)
+        if rng.random() < 0.5:
+            stretch, a = rng.uniform(0.97, 1.03), rng.uniform(0.0, 0.25)
+            where = np.clip(time * stretch, 0, t - 1)  # past the end: the last sample repeated
+            rec = np.stack([np.interp(where, time, out[i][:, lead]) for lead in range(leads)], axis=1)
+            padded = np.concatenate([rec[:1], rec, rec[-1:]])
+            out[i] = (a * padded[:-2] + (1 - 2 * a) * padded[1:-1] + a * padded[2:]).astype(np.float32)
+    return out
+
+
+def augment_batch(x: np.ndarray, rng: np.random.Generator, rate: int, options: "FitOptions") -> np.ndarray:
+    """A training batch after the augmentations ``options`` asks for (``augment``, then ``augment_site``)."""
+    if options.augment:
+        x = augment(x, rng, rate)
+    if options.augment_site:
+        x = augment_site(x, rng, rate)
+    return x
 
 
 def check_input_shape(model, x: np.ndarray, source: str) -> None:
@@ -216,6 +284,7 @@ class FitOptions:
     patience: int = 10
     seed: int = 0
     augment: bool = True
+    augment_site: bool = False
     class_weighted: bool = False
     select_from_epoch: int = 1  # epochs before this one are never "best" (e.g. pruning not yet at target)
     distill_alpha: float = 0.0
@@ -231,6 +300,7 @@ class FitOptions:
             patience=config.patience,
             seed=config.seed,
             augment=config.augment,
+            augment_site=config.augment_site,
             class_weighted=config.class_weighted,
             distill_alpha=config.distill_alpha if config.teacher else 0.0,
             distill_temperature=config.distill_temperature,
@@ -257,6 +327,7 @@ def train(
     run = Path(run)
     if config.arch not in models.ARCHITECTURES:
         models.build(config.arch)  # raises the "did you mean" error before anything is written
+    dataset = dataset if dataset is not None else load_ptbxl(config.data, config.rate)  # all leads: a teacher reads its own
     split = load_split(config, dataset)
     with RunLock(run, "train", create=True):  # one writer per run folder; taken only once the request is known to be valid
         open_run(run, config)
@@ -279,7 +350,8 @@ def train(
         if config.teacher:
             from edge_ecg.distill import teacher_soft_labels
 
-            data.soft_train = teacher_soft_labels(config.teacher, split.train, test_fold=config.test_fold, cache=run / "teacher_train_probs.npy")
+            records = load_split(replace(config, leads=list(dataset.leads)), dataset).train  # the same records, every lead
+            data.soft_train = teacher_soft_labels(config.teacher, records, test_fold=config.test_fold, cache=run / "teacher_train_probs.npy")
 
         keras.utils.set_random_seed(config.seed)
         model = models.build(
@@ -379,7 +451,7 @@ def fit(
             losses = []
             for b in range(steps_per_epoch):
                 idx = order[b * options.batch_size : (b + 1) * options.batch_size]
-                xb = augment(data.x_train[idx], rng, data.rate) if options.augment else data.x_train[idx]
+                xb = augment_batch(data.x_train[idx], rng, data.rate, options)
                 for cb in callbacks:
                     cb.on_train_batch_begin(b)
                 soft = data.y_train[idx] if data.soft_train is None else data.soft_train[idx]

@@ -68,11 +68,23 @@ def test_sites_summary_counts_every_split(ptbxl, ptbxl_dir):
 @pytest.mark.parametrize(
     "option, value, message",
     [("site_by", "hospital", "--site-by 'hospital'"), ("strategy", "fedsgd", "--strategy"), ("rounds", 0, "--rounds"),
-     ("batch_norm", "none", "--batch-norm")],
+     ("batch_norm", "none", "--batch-norm"), ("lr_schedule", "step", "--lr-schedule"), ("server_momentum", 1.0, "--server-momentum"),
+     ("num_sites", 0, "--sites")],
 )
 def test_bad_options_are_named(option, value, message):
     with pytest.raises(ValueError, match=message):
         FederateConfig(**{option: value}).check()
+
+
+def test_lr_schedule_rounds_gives_each_round_its_part_of_one_decay():
+    """A client's stint in round r of R (E local epochs, S steps each) reads the one cosine decay from step (r-1)*E*S."""
+    from edge_ecg.federate import _Shifted
+    from edge_ecg.tf import keras
+
+    cosine = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=25 * 2 * 7, alpha=0.05)
+    first_of_round_3 = _Shifted(cosine, 2 * 2 * 7)
+    assert float(first_of_round_3(0)) == pytest.approx(float(cosine(28))) and float(first_of_round_3(5)) == pytest.approx(float(cosine(33)))
+    assert float(_Shifted(cosine, 24 * 2 * 7)(13)) == pytest.approx(2e-3 * 0.05, rel=0.01)  # the last step of the last round: the floor
 
 
 @pytest.mark.slow

@@ -25,7 +25,19 @@ ServerApp (``@app.main()``) driving ``flwr.serverapp.strategy.FedAvg`` or ``FedP
 ``deployment=HOST:PORT`` by ``flwr run`` on a SuperLink and its SuperNodes (:mod:`.deploy`).
 
 After the federation, :mod:`.transfer` fine-tunes the model per site and runs the existing
-compress, export and firmware stages on each site's own run folder (``sites/<site>/``).
+compress, export and firmware stages on each site's own run folder (``sites/<site>/``): in the
+simulation on this machine, under a deployment in each site's ClientApp on its own SuperNode
+(:func:`_site_side_report`, answering the ServerApp's last message), whose data never leaves it.
+
+Under a deployment this process and the ServerApp read no data: ``num_sites`` (``--sites``) says
+how many SuperNodes to wait for; each client finds its site in its own data folder (node-config
+``data``, ``site``), trains its local-only baseline there, and sends back metrics, its counts, its
+transfer summary and its test fold's scores and labels (for the pooled report). The centralized
+baseline needs every site's records on one machine: under a deployment it is opt-in, with ``--data``.
+
+Learning rate: every client's stint takes its part of one cosine decay across all rounds
+(``lr_schedule="rounds"``, default), as the centralized baseline's one decay over its epochs, or
+each local stint decays by cosine from ``learning_rate`` (``"restart"``).
 
 Failures: a client that raises during a round is left out of that round's aggregation (Flower's
 strategies aggregate the replies without error) and the report lists round, stage, site and error.
@@ -59,7 +71,8 @@ Run folder files (all written atomically)::
     federate_auc_rounds.png  validation macro AUC per round, per site
     federate_weights.npz     the final global weights (w000, w001, ... in model.weights order)
     predictions/federate_<model>.npz   per-site test probabilities, labels and ecg_ids
-    sites/<site>/            each site's run folder: fine-tuned model, compress/, export/, firmware/ (transfer)
+    sites/<site>/            each site's run folder: fine-tuned model, compress/, export/, firmware/ (transfer; a deployment's
+                             are on the sites, in their node-config ``run-dir``)
     flower_app/, flower_results.npz|json   with --deployment: the app flwr runs and what its ServerApp wrote
 """
 
@@ -71,6 +84,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -95,10 +109,15 @@ from edge_ecg.runfolder import (  # a federated run folder's file names are the 
 from edge_ecg.federate.transfer import FINE_TUNE
 from edge_ecg.train import FitData, FitOptions, fit_data
 
+if TYPE_CHECKING:  # Flower is imported only when federating
+    from flwr.app import RecordDict
+
 SITE_COLUMNS = ("device", "site")
 BLANK_CHOICES = ("unknown", "drop")
-STRATEGIES = ("fedavg", "fedprox")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam")  # fedavgm, fedadam: Flower's server-side optimizers (server_lr, server_momentum)
 BATCH_NORM = ("global", "local")
+LR_SCHEDULES = ("rounds", "restart")
+KEEP_ROUND = ("last", "best-val")
 MODELS = ("local", "federated", "fine-tuned", "centralized")  # what the report compares
 
 
@@ -117,14 +136,19 @@ class FederateConfig:
     clients_per_round: int | None = None  # None: every site, every round
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
+    server_lr: float = 1.0  # fedavgm's server_learning_rate, fedadam's eta (which wants ~1e-2: its steps are normalized)
+    server_momentum: float = 0.9  # fedavgm's server_momentum
     batch_norm: str = "global"  # measured against "local" (FedBN) over 25 rounds: ties pooled, better on 2 of 3 sites (README)
     batch_size: int = 32
     learning_rate: float = 2e-3
+    keep_round: str = "last"  # best-val: the global model of the round with the best mean validation macro AUC the sites reported
+    lr_schedule: str = "rounds"  # one cosine decay across all rounds (as centralized over its epochs); restart: each round's stint decays from learning_rate. rounds: measured, README
     augment: bool = True
     seed: int = 0
     site_train_limit: int | None = None  # first N training records of each site (smoke tests)
     site_data: tuple[str, ...] = ()  # NAME=PATH: another data folder (CinC, ...) as one more site, see load_sites_dataset
     compare: tuple[str, ...] = ("local", "centralized")  # baselines trained besides the federation
+    num_sites: int | None = None  # --deployment: how many SuperNodes (sites) the server waits for; it reads no data
     n_boot: int = 1000
     fine_tune: str = "head"  # transfer after federation: none | head | all (edge_ecg.federate.transfer); head: measured, see README
     fine_tune_epochs: int = 10
@@ -142,18 +166,26 @@ class FederateConfig:
             ("strategy", self.strategy, STRATEGIES),
             ("batch_norm", self.batch_norm, BATCH_NORM),
             ("fine_tune", self.fine_tune, FINE_TUNE),
+            ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
+            ("keep_round", self.keep_round, KEEP_ROUND),
         ):
             if value not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} {value!r}: choose one of {', '.join(allowed)}")
         for name in ("rounds", "local_epochs", "batch_size", "fine_tune_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.num_sites is not None and self.num_sites < 1:
+            raise ValueError(f"--sites must be at least 1, got {self.num_sites}")
         if self.clients_per_round is not None and self.clients_per_round < 1:
             raise ValueError(f"--clients-per-round must be at least 1, got {self.clients_per_round}")
         if self.compress_epochs < 0:
             raise ValueError(f"--compress-epochs must be >= 0, got {self.compress_epochs}")
         if self.proximal_mu < 0:
             raise ValueError(f"--proximal-mu must be >= 0, got {self.proximal_mu}")
+        if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
+            raise ValueError(f"--server-lr must be > 0 and --server-momentum in [0, 1), got {self.server_lr} and {self.server_momentum}")
+        if self.keep_round == "best-val" and self.batch_norm == "local":
+            raise ValueError("--keep-round best-val needs --batch-norm global: under FedBN each site keeps its last round's batch norm")
         parse_site_data(self.site_data)
         unknown = sorted(set(self.compare) - {"local", "centralized"})
         if unknown:
@@ -331,11 +363,15 @@ def _key(i: int) -> str:
     return f"w{i:03d}"
 
 
-def local_fit(model, data: FitData, options: FitOptions, *, stream: tuple[int, ...], proximal_mu: float = 0.0) -> float:
+def local_fit(model, data: FitData, options: FitOptions, *, stream: tuple[int, ...], proximal_mu: float = 0.0,
+              window: tuple[int, int] | None = None) -> float:
     """``options.epochs`` epochs of ``train``'s gradient step on ``data``; returns the last epoch's mean loss.
 
     Every draw depends on ``(options.seed, *stream, epoch)``; ``stream`` is (round, site) for a
     client. With ``proximal_mu > 0`` the loss gains FedProx's ``mu/2 * ||w - w_start||^2``.
+    The learning rate decays by cosine from ``options.learning_rate`` over these epochs, or, with
+    ``window=(k, n)`` (epochs), follows epochs k+1..k+options.epochs of one cosine decay over n
+    epochs: a client's round r of R with E local epochs is ``((r-1)*E, R*E)`` (``--lr-schedule rounds``).
     Batch-norm statistics are recomputed on the clean training records at the end (as ``fit``
     does after every epoch).
     """
@@ -348,8 +384,9 @@ def local_fit(model, data: FitData, options: FitOptions, *, stream: tuple[int, .
         variables = list(model.trainable_variables)
         model.add_loss(lambda: proximal_mu / 2 * tf.add_n([tf.reduce_sum(tf.square(v - a)) for v, a in zip(variables, anchors)]))
     steps = math.ceil(len(data.x_train) / options.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(options.learning_rate, decay_steps=max(1, options.epochs * steps), alpha=0.05)
-    optimizer = keras.optimizers.Adam(schedule)
+    first, total = window if window is not None else (0, options.epochs)
+    cosine = keras.optimizers.schedules.CosineDecay(options.learning_rate, decay_steps=max(1, total * steps), alpha=0.05)
+    optimizer = keras.optimizers.Adam(_Shifted(cosine, first * steps) if first else cosine)
     apply_gradients = tf.function(lambda grads: optimizer.apply_gradients(zip(grads, model.trainable_variables)))
     pos_weight = tf.ones(data.y_train.shape[1], tf.float32)
     loss = float("nan")
@@ -369,6 +406,20 @@ def local_fit(model, data: FitData, options: FitOptions, *, stream: tuple[int, .
         loss = float(np.mean(losses))
     recompute_batch_norm_statistics(model, data.x_train)
     return loss
+
+
+def _Shifted(schedule, offset: int):
+    """``schedule`` read ``offset`` steps later (a client's stint within one decay across rounds)."""
+    from edge_ecg.tf import keras
+
+    class Shifted(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return schedule(step + offset)
+
+        def get_config(self) -> dict:
+            return {"schedule": schedule.get_config(), "offset": offset}
+
+    return Shifted()
 
 
 def _auc_or_none(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -391,6 +442,19 @@ class _Plan:
     model: str = ""  # model_fingerprint of the server's model; a client whose own differs refuses the message
     fail_at: tuple[int, str] | None = None  # fault injection: (round, site) whose training raises; see FAIL_ENV
 
+    @property
+    def site_side(self) -> bool:
+        """A deployment's plan: no sites (the server read no data); each client finds its own site and reports it."""
+        return not self.sites
+
+    @property
+    def n_sites(self) -> int:
+        return len(self.sites) or int(self.config.num_sites or 0)
+
+    def site_names(self, recorder: _Recorder | None = None) -> list[str]:
+        names = recorder.site_names if recorder is not None else {}
+        return [s.name for s in self.sites] or [names.get(i, f"partition-{i}") for i in range(self.n_sites)]
+
 
 FAIL_ENV = "EDGE_ECG_FEDERATE_FAIL"
 """Fault injection for tests and drills: ``ROUND:SITE`` (e.g. ``2:CS-12``) makes that site's client raise
@@ -407,26 +471,64 @@ def _fail_at_from_env() -> tuple[int, str] | None:
     return int(round_text), site
 
 
-def model_fingerprint(config: FederateConfig, data: FitData) -> str:
-    """What must be equal on the server and every client for their weights to fit each other."""
+def model_fingerprint(config: FederateConfig, data: FitData | None = None) -> str:
+    """What must be equal on the server and every client for their weights to fit each other.
+
+    Without ``data`` (a deployment's server, which reads no records) the input is PTB-XL's: 10 s at
+    ``config.rate``, 12 leads (every site's records, ``--site-data`` too, are read at that window).
+    """
     import json
 
+    from edge_ecg.data import LEADS
+
+    samples, leads = (data.x_train.shape[1], data.x_train.shape[2]) if data is not None else (config.rate * 10, len(LEADS))
     kwargs = json.dumps(config.arch_kwargs, sort_keys=True)
-    return f"{config.arch} {kwargs} input {data.x_train.shape[1]}x{data.x_train.shape[2]} classes {len(CLASSES)}"
+    return f"{config.arch} {kwargs} input {samples}x{leads} classes {len(CLASSES)}"
 
 
 _SITE_CACHE: dict = {}  # per process (one Ray actor): the site's arrays, read once
 
 
-def _client_site(plan: _Plan, partition: int):
-    site = plan.sites[partition]
-    # keyed by content, not id(): an actor may outlive one simulation and ids are reused
-    key = (plan.data_root, plan.config.rate, site.name, site.ids().tobytes())
-    if key not in _SITE_CACHE:
-        from dataclasses import replace
+@dataclass
+class _ClientSite:
+    site: Site
+    data: FitData
+    test: dict
+    dataset: PtbxlDataset  # the site's own records (compress and export read them)
 
-        ds, _ = load_sites_dataset(replace(plan.config, data=plan.data_root))
-        _SITE_CACHE[key] = _site_data(ds, site)
+
+def _client_site(plan: _Plan, partition: int, node_config=None) -> _ClientSite:
+    """The client's site and its arrays: by ``partition`` in the plan's sites, or (a deployment) found in the SuperNode's own data.
+
+    A deployment's client reads the folder in its ``data`` node-config entry, splits it into sites by
+    the plan's ``--site-by``/``--blank`` and serves the site named by its ``site`` entry; without one,
+    the only site of its folder, else (a shared copy, as on localhost) the ``partition-id``-th in name order.
+    """
+    from dataclasses import replace
+
+    node_config = node_config or {}
+    wanted = str(node_config.get("site", "")) or None
+    # keyed by content, not id(): an actor may outlive one simulation and ids are reused
+    key = (plan.data_root, plan.config.rate, plan.config.site_by, plan.config.blank, plan.config.site_train_limit, partition, wanted,
+           plan.sites[partition].ids().tobytes() if plan.sites else b"")
+    if key not in _SITE_CACHE:
+        if plan.data_root is None:
+            raise RunError(f"partition-id {partition}: this SuperNode has no data folder; start it with "
+                           f"--node-config \"partition-id={partition} num-partitions={plan.n_sites} data='/path/to/ptbxl'\"")
+        ds, site_of = load_sites_dataset(replace(plan.config, data=plan.data_root))
+        if plan.sites:
+            site = plan.sites[partition]
+        else:
+            own = split_sites(ds, site_of, plan.config.site_train_limit)
+            names = [s.name for s in own]
+            if wanted is not None and wanted not in names:
+                raise RunError(f"site={wanted!r}: {plan.data_root} has no such site by --site-by {plan.config.site_by}; it has {', '.join(names)}")
+            if wanted is None and len(own) > 1 and partition >= len(own):
+                raise RunError(f"partition-id {partition}: {plan.data_root} has {len(own)} sites ({', '.join(names)}); "
+                               "name this SuperNode's site with site=NAME in --node-config")
+            site = own[names.index(wanted)] if wanted is not None else own[0] if len(own) == 1 else own[partition]
+        data, test = _site_data(ds, site)
+        _SITE_CACHE[key] = _ClientSite(site, data, test, ds.select(np.isin(ds.ecg_ids, site.ids())))
     return _SITE_CACHE[key]
 
 
@@ -436,6 +538,22 @@ def _build_model(config: FederateConfig, data: FitData):
     return models.build(
         config.arch, num_samples=data.x_train.shape[1], num_leads=data.x_train.shape[2], num_classes=len(CLASSES), **config.arch_kwargs
     )
+
+
+def _model_of_plan(plan: _Plan):
+    """The seeded initial model, built from the shapes in the plan's fingerprint (the server needs no data)."""
+    from edge_ecg import models
+    from edge_ecg.tf import keras
+
+    shape = plan.model.split(" input ")[1].split(" ")[0]
+    samples, leads = (int(v) for v in shape.split("x"))
+    keras.utils.set_random_seed(plan.config.seed)
+    return models.build(plan.config.arch, num_samples=samples, num_leads=leads, num_classes=len(CLASSES), **plan.config.arch_kwargs)
+
+
+def _statistics_keys(plan: _Plan) -> set[str]:
+    """Keys of the weights no gradient moves (BatchNormalization's moving mean and variance)."""
+    return {_key(i) for i, v in enumerate(_model_of_plan(plan).weights) if not v.trainable}
 
 
 def _set_weights(model, arrays, local_bn=None, *, site: str = "") -> None:
@@ -488,10 +606,10 @@ def _client_app(plan: _Plan | None = None, plan_of=None):
         plan = plan_of(context)
         config = plan.config
         partition = int(context.node_config["partition-id"])
-        if not 0 <= partition < len(plan.sites):
-            raise RunError(f"partition-id {partition}: there are {len(plan.sites)} sites ({', '.join(s.name for s in plan.sites)}), ids 0-{len(plan.sites) - 1}")
-        data, test = _client_site(plan, partition)
-        site = plan.sites[partition].name
+        if not 0 <= partition < plan.n_sites:
+            raise RunError(f"partition-id {partition}: there are {plan.n_sites} sites ({', '.join(plan.site_names())}), ids 0-{plan.n_sites - 1}")
+        cs = _client_site(plan, partition, context.node_config)
+        data, test, site = cs.data, cs.test, cs.site.name
         ours, theirs = model_fingerprint(config, data), msg.content["config"].get("model")
         if theirs is not None and theirs != ours:
             raise RunError(f"site {site}: model configuration differs from the server's (server: {theirs}; this client: {ours}); "
@@ -499,21 +617,23 @@ def _client_app(plan: _Plan | None = None, plan_of=None):
         model = _build_model(config, data)
         local_bn = context.state.array_records.get("bn") if config.batch_norm == "local" else None
         _set_weights(model, msg.content["arrays"], local_bn, site=site)
-        return partition, data, test, model
+        return partition, cs, model
 
     @app.train()
     def train(msg, context):
         plan = plan_of(context)
         config = plan.config
-        partition, data, _, model = prepare(msg, context)
+        partition, cs, model = prepare(msg, context)
+        data = cs.data
         server_round = int(msg.content["config"]["server-round"])
-        if plan.fail_at == (server_round, plan.sites[partition].name):
-            raise RuntimeError(f"injected failure ({FAIL_ENV}) of site {plan.sites[partition].name} in round {server_round}")
+        if plan.fail_at == (server_round, cs.site.name):
+            raise RuntimeError(f"injected failure ({FAIL_ENV}) of site {cs.site.name} in round {server_round}")
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
         options = FitOptions(
             epochs=config.local_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed, augment=config.augment
         )
-        loss = local_fit(model, data, options, stream=(server_round, partition), proximal_mu=mu)
+        window = ((server_round - 1) * config.local_epochs, config.rounds * config.local_epochs) if config.lr_schedule == "rounds" else None
+        loss = local_fit(model, data, options, stream=(server_round, partition), proximal_mu=mu, window=window)
         bn = set(_bn_indices(model))
         if config.batch_norm == "local":  # FedBN: these stay on the site, for the next round and the report
             context.state["bn"] = _array_record({_key(i): model.weights[i].numpy() for i in sorted(bn)})
@@ -526,8 +646,12 @@ def _client_app(plan: _Plan | None = None, plan_of=None):
 
     @app.evaluate()
     def evaluate(msg, context):
-        config = plan_of(context).config
-        partition, data, test, model = prepare(msg, context)
+        plan = plan_of(context)
+        config = plan.config
+        partition, cs, model = prepare(msg, context)
+        data, test = cs.data, cs.test
+        if msg.content["config"].get("report", False) and plan.site_side:  # a deployment's last message: the site's own transfer
+            return Message(_site_side_report(plan, partition, cs, model, context.node_config), reply_to=msg)
         p_val = predict(model, data.x_val)
         if msg.content["config"].get("report", False):  # the last message: this site's predictions for the report
             probs = _array_record({"val": p_val, "test": predict(model, test["x"])})
@@ -543,6 +667,64 @@ def _client_app(plan: _Plan | None = None, plan_of=None):
     return app
 
 
+SITE_RUN_DIR = "edge-ecg-federate"
+"""A deployment's SuperNode writes its site's run folder to ``RUN_DIR/sites/<site>``: its ``run-dir`` node-config entry, else this
+folder in the SuperNode's working directory."""
+
+
+def _site_side_report(plan: _Plan, partition: int, cs: _ClientSite, model, node_config) -> RecordDict:
+    """A deployment's last message, answered on the site: its local-only baseline, fine-tune, compress, export and firmware.
+
+    The site's run folder (model, int8 model, firmware) stays on the site; what goes back is its
+    test-fold scores and labels (for the pooled report), the counts per split and class, the
+    per-site macro AUCs as metrics and the transfer's key figures.
+    """
+    import json
+
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    from edge_ecg.train import predict
+
+    config, site, data, test = plan.config, cs.site, cs.data, cs.test
+    probs = {"federated": predict(model, test["x"])}
+    if "local" in config.compare:
+        probs["local"] = _local_only(config, data, test, partition)
+    run_dir = Path(str(node_config.get("run-dir", SITE_RUN_DIR))).resolve()
+    row, tuned = {}, None
+    if config.fine_tune != "none" or config.export_sites != "none":  # as the simulation: nothing asked, no site folder
+        row, tuned = _transfer_site(run_dir, site, cs, model, config, data_root=str(plan.data_root), export=_exports(config, site.name))
+    if tuned is not None:
+        probs["fine-tuned"] = tuned
+    metrics = {"site-index": partition, "num-examples": len(test["x"])}
+    for name, p in probs.items():
+        auc = _auc_or_none(test["y"], p)
+        metrics[f"test-auc-{name}"] = float("nan") if auc is None else auc
+    summary = sites_summary(cs.dataset, [site], plan.config.site_by, plan.config.blank)["sites"][site.name]
+    return RecordDict({
+        "predictions": _array_record({**{f"test-{k}": v for k, v in probs.items()}, "labels": test["y"], "ids": test["ids"]}),
+        "metrics": MetricRecord(metrics),
+        "site": ConfigRecord({"name": site.name, "summary": json.dumps(summary), "transfer": json.dumps(row, default=str)}),
+    })
+
+
+def _exports(config: FederateConfig, site: str) -> bool:
+    """Whether ``--export-sites`` asks for this site (a deployment's client checks its own name)."""
+    return config.export_sites == "all" or (config.export_sites != "none" and site in [n.strip() for n in config.export_sites.split(",")])
+
+
+def _local_only(config: FederateConfig, data: FitData, test: dict, index: int) -> np.ndarray:
+    """The local-only baseline of one site: as many epochs as its client trained in the federation; its test probabilities."""
+    from edge_ecg.tf import keras
+    from edge_ecg.train import predict
+
+    options = FitOptions(epochs=config.rounds * config.local_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                         seed=config.seed, augment=config.augment)
+    keras.utils.set_random_seed(config.seed)
+    model = _build_model(config, data)
+    local_fit(model, data, options, stream=(0, index))
+    return predict(model, test["x"])
+
+
 class _Recorder:
     """What the ServerApp saw: per-round, per-site metrics, failures, the final arrays and predictions."""
 
@@ -555,6 +737,11 @@ class _Recorder:
         self.predictions: dict[int, dict[str, np.ndarray]] = {}
         self.site_bn: dict[int, dict[str, np.ndarray]] = {}  # FedBN: each site's own batch-norm weights at the end
         self.error: str | None = None  # a deployment's ServerApp: why it stopped
+        self.latest: dict[str, np.ndarray] | None = None  # the global weights the current round evaluates
+        self.best: tuple[int, float, dict[str, np.ndarray]] | None = None  # (round, mean validation AUC, weights), best so far
+        self.kept_round: int | None = None
+        self.site_names: dict[int, str] = {}  # a deployment: site index -> the name its client found
+        self.site_reports: dict[int, dict] = {}  # a deployment: each client's summary, transfer and metrics (_site_side_report)
         self.n_sites = n_sites
 
     def failures_by_site(self, names: list[str]) -> list[dict]:
@@ -562,8 +749,15 @@ class _Recorder:
         return [{**f, "site": names[self.node_site[f["node"]]] if f["node"] in self.node_site else None} for f in self.failures]
 
 
-def _ordered_strategy(base, recorder: _Recorder):
-    """``base`` (FedAvg or FedProx) aggregating replies in site order and recording them."""
+def _ordered_strategy(base, recorder: _Recorder, statistics: set[str] = frozenset()):
+    """``base`` (one of Flower's strategies) aggregating replies in site order and recording them.
+
+    ``statistics``: keys of weights no gradient moves (BatchNormalization's moving mean and
+    variance); a server-side optimizer would step them like weights (a variance could turn
+    negative), so they take the plain weighted average of the replies instead.
+    """
+    from flwr.app import Array
+    from flwr.serverapp.strategy import FedAvg
 
     def site_order(replies, server_round, stage):
         replies = list(replies)
@@ -593,11 +787,24 @@ def _ordered_strategy(base, recorder: _Recorder):
         def aggregate_train(self, server_round, replies):
             replies = site_order(replies, server_round, "train")
             recorder.train.append(rows(replies, ("num-examples", "train-loss", "bytes-sent")))
-            return super().aggregate_train(server_round, replies)
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            if arrays is not None and statistics:
+                plain, _ = FedAvg.aggregate_train(self, server_round, replies)
+                for key in statistics & set(arrays.keys()):
+                    arrays[key] = Array(plain[key].numpy())
+            if arrays is not None:
+                recorder.latest = {key: arrays[key].numpy() for key in arrays.keys()}
+            return arrays, metrics
 
         def aggregate_evaluate(self, server_round, replies):
             replies = site_order(replies, server_round, "evaluate")
             recorder.evaluate.append(rows(replies, ("num-examples", "val-auc")))
+            # the mean validation macro AUC over the sites where it is defined, weighted by their records
+            scored = [(m["num-examples"], m["val-auc"]) for m in recorder.evaluate[-1].values() if not math.isnan(m["val-auc"])]
+            if scored and recorder.latest is not None:
+                mean = sum(n * a for n, a in scored) / sum(n for n, _ in scored)
+                if recorder.best is None or mean > recorder.best[1]:
+                    recorder.best = (server_round, mean, recorder.latest)
             return super().aggregate_evaluate(server_round, replies)
 
     return Ordered
@@ -623,13 +830,13 @@ def wait_for_nodes(grid, plan: _Plan, timeout: float | None = None) -> None:
     """RunError when fewer clients than sites are connected after ``timeout`` s (default :data:`NODE_WAIT_S`)."""
     import time
 
-    n = len(plan.sites)
+    n = plan.n_sites
     deadline = time.monotonic() + (NODE_WAIT_S if timeout is None else timeout)
     while (connected := len(list(grid.get_node_ids()))) < n:
         if time.monotonic() >= deadline:
             raise RunError(
                 f"{connected} of {n} clients connected within {NODE_WAIT_S if timeout is None else timeout:g} s; start one SuperNode per site "
-                f"({', '.join(f'{s.name}: partition-id={i}' for i, s in enumerate(plan.sites))}, num-partitions={n})"
+                f"({', '.join(f'{s}: partition-id={i}' for i, s in enumerate(plan.site_names()))}, num-partitions={n})"
             )
         time.sleep(1)
 
@@ -637,15 +844,20 @@ def wait_for_nodes(grid, plan: _Plan, timeout: float | None = None) -> None:
 def server_main(grid, plan: _Plan, initial: dict[str, np.ndarray], recorder: _Recorder) -> None:
     """The ServerApp's work: the strategy's rounds, then one message to every site for its report predictions."""
     from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-    from flwr.serverapp.strategy import FedAvg, FedProx
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
-    config, n = plan.config, len(plan.sites)
+    config, n = plan.config, plan.n_sites
     k = config.clients_per_round or n
     wait_for_nodes(grid, plan)
     random.seed(config.seed)  # Flower samples the clients of a round with Python's random
     common = dict(fraction_train=k / n, min_train_nodes=k, fraction_evaluate=1.0, min_evaluate_nodes=n, min_available_nodes=n)
     if config.strategy == "fedprox":
         strategy = _ordered_strategy(FedProx, recorder)(proximal_mu=config.proximal_mu, **common)
+    elif config.strategy == "fedavgm":
+        strategy = _ordered_strategy(FedAvgM, recorder, _statistics_keys(plan))(
+            server_learning_rate=config.server_lr, server_momentum=config.server_momentum, **common)
+    elif config.strategy == "fedadam":
+        strategy = _ordered_strategy(FedAdam, recorder, _statistics_keys(plan))(eta=config.server_lr, eta_l=config.learning_rate, **common)
     else:
         strategy = _ordered_strategy(FedAvg, recorder)(**common)
     model = ConfigRecord({"model": plan.model})
@@ -653,8 +865,12 @@ def server_main(grid, plan: _Plan, initial: dict[str, np.ndarray], recorder: _Re
         grid=grid, initial_arrays=_array_record(initial), num_rounds=config.rounds, train_config=model, evaluate_config=model
     )
     recorder.arrays = {key: result.arrays[key].numpy() for key in result.arrays.keys()}
-    # One more message to every site: its predictions with the final model (and its own BN under FedBN).
-    content = RecordDict({"arrays": result.arrays, "config": ConfigRecord({"report": True, "model": plan.model})})
+    recorder.kept_round = config.rounds
+    if config.keep_round == "best-val" and recorder.best is not None:
+        recorder.kept_round, _, recorder.arrays = recorder.best
+    # One more message to every site: its predictions with the kept model (and its own BN under FedBN).
+    # A deployment's sites also train their baselines and transfer there (_site_side_report).
+    content = RecordDict({"arrays": _array_record(recorder.arrays), "config": ConfigRecord({"report": True, "model": plan.model})})
     messages = [Message(content, dst_node_id=node, message_type=MessageType.EVALUATE) for node in grid.get_node_ids()]
     for reply in grid.send_and_receive(messages):
         if reply.has_error():
@@ -665,6 +881,16 @@ def server_main(grid, plan: _Plan, initial: dict[str, np.ndarray], recorder: _Re
         site = int(reply.content["metrics"]["site-index"])
         recorder.node_site[int(reply.metadata.src_node_id)] = site
         preds = reply.content["predictions"]
+        if plan.site_side:
+            import json
+
+            info = reply.content["site"]
+            recorder.site_names[site] = str(info["name"])
+            recorder.site_reports[site] = {"summary": json.loads(str(info["summary"])), "transfer": json.loads(str(info["transfer"])),
+                                           "metrics": {k: float(v) for k, v in reply.content["metrics"].items()}}
+            recorder.predictions[site] = {k: preds[k].numpy() for k in preds.keys()}
+            recorder.predictions[site]["test"] = recorder.predictions[site]["test-federated"]
+            continue
         recorder.predictions[site] = {"val": preds["val"].numpy(), "test": preds["test"].numpy()}
         if "bn" in reply.content.array_records:
             bn = reply.content["bn"]
@@ -702,11 +928,12 @@ def run_federation(plan: _Plan, initial: dict[str, np.ndarray], *, verbose: bool
 
 def check_finished(plan: _Plan, recorder: _Recorder) -> None:
     """RunError naming the sites without predictions (and the failures) when the federation did not finish."""
-    if recorder.arrays is None or len(recorder.predictions) != len(plan.sites):
-        missing = sorted(set(range(len(plan.sites))) - set(recorder.predictions))
+    if recorder.arrays is None or len(recorder.predictions) != plan.n_sites:
+        names = plan.site_names(recorder)
+        missing = sorted(set(range(plan.n_sites)) - set(recorder.predictions))
         raise RunError(
             f"the federation did not finish: no final model or no predictions from site(s) "
-            f"{', '.join(plan.sites[i].name for i in missing)}; failures: {recorder.failures_by_site([s.name for s in plan.sites]) or 'none reported'}"
+            f"{', '.join(names[i] for i in missing)}; failures: {recorder.failures_by_site(names) or 'none reported'}"
         )
 
 
@@ -735,7 +962,10 @@ def federate(
     """Federate ``config.arch`` across sites into ``run`` and write the report; returns the report dict.
 
     ``deployment`` (a SuperLink's Control API address, ``HOST:PORT``) runs the same apps on a Flower
-    deployment (:mod:`edge_ecg.federate.deploy`) instead of the simulation.
+    deployment (:mod:`edge_ecg.federate.deploy`) instead of the simulation: this process then reads
+    no data (``config.num_sites`` says how many sites to wait for), each SuperNode finds its site in
+    its own data and trains its local-only baseline, fine-tune, compress, export and firmware there
+    (:func:`_site_side_report`); ``dataset``/``config.data`` serve only the opt-in centralized baseline.
     """
     from edge_ecg import models
     from edge_ecg.tf import keras
@@ -744,6 +974,10 @@ def federate(
     if config.arch not in models.ARCHITECTURES:
         models.build(config.arch)  # the "did you mean" error before anything is written
     run = Path(run)
+    if deployment:
+        return _federate_deployment(run, config, dataset, deployment, verbose=verbose)
+    if config.num_sites is not None:
+        raise ValueError("--sites is for --deployment (a server without data); the simulation counts the sites in --data")
     ds, site_of = load_sites_dataset(config, dataset)
     sites = split_sites(ds, site_of, config.site_train_limit)
     if config.clients_per_round is not None and config.clients_per_round > len(sites):
@@ -752,10 +986,6 @@ def federate(
     fail_at = _fail_at_from_env()
     if fail_at is not None and fail_at[1] not in {s.name for s in sites}:
         raise ValueError(f"{FAIL_ENV}: no site {fail_at[1]!r}; the sites are {', '.join(s.name for s in sites)}")
-    if deployment:  # before anything is written: an unreachable SuperLink is a clear error within seconds
-        from edge_ecg.federate.deploy import check_reachable
-
-        check_reachable(deployment)
     with RunLock(run, "federate", create=True):
         atomic_write_json(run / FEDERATE_CONFIG, {"format": RUN_FORMAT, "edge_ecg": __version__, "federate": asdict(config)})
         summary = sites_summary(ds, sites, config.site_by, config.blank)
@@ -767,52 +997,92 @@ def federate(
         initial = {_key(i): v.numpy() for i, v in enumerate(model.weights)}
 
         plan = _Plan(config, str(ds.root), sites, model=model_fingerprint(config, site_data[0][0]), fail_at=fail_at)
-        if deployment:
-            from edge_ecg.federate.deploy import run_deployment
-
-            recorder = run_deployment(run, plan, initial, deployment, verbose=verbose)
-        else:
-            recorder = run_federation(plan, initial, verbose=verbose)
+        recorder = run_federation(plan, initial, verbose=verbose)
         probs = {"federated": {i: recorder.predictions[i]["test"] for i in range(len(sites))}}
-        buf = io.BytesIO()
-        np.savez(buf, **recorder.arrays)
-        atomic_write_bytes(run / WEIGHTS_FILE, buf.getvalue())
-
-        total_epochs = config.rounds * config.local_epochs  # baselines see as many epochs as each client
-        options = FitOptions(epochs=total_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed, augment=config.augment)
-        from edge_ecg.train import predict
-
         if "local" in config.compare:
-            probs["local"] = {}
-            for i, (data, test) in enumerate(site_data):
-                keras.utils.set_random_seed(config.seed)
-                m = _build_model(config, data)
-                local_fit(m, data, options, stream=(0, i))
-                probs["local"][i] = predict(m, test["x"])
+            probs["local"] = {i: _local_only(config, data, test, i) for i, (data, test) in enumerate(site_data)}
         if "centralized" in config.compare:
-            probs["centralized"] = _centralized(ds, sites, config, options)
+            probs["centralized"] = _centralized(ds, sites, config)
         transfer = _transfer(run, ds, sites, site_data, config, recorder, probs, export_sites)
-
-        report = _report(config, sites, site_data, probs, recorder, summary)
-        report["transfer"] = transfer
-        atomic_write_json(run / REPORT_JSON, report)
-        atomic_write_text(run / REPORT_MD, _markdown(report))
-        for name, per_site in probs.items():
-            buf = io.BytesIO()
-            np.savez(
-                buf,
-                **{f"{sites[i].name}/probs": p for i, p in per_site.items()},
-                **{f"{sites[i].name}/labels": site_data[i][1]["y"] for i in per_site},
-                **{f"{sites[i].name}/ecg_ids": site_data[i][1]["ids"] for i in per_site},
-            )
-            (run / PREDICTIONS_DIR).mkdir(exist_ok=True)
-            atomic_write_bytes(run / PREDICTIONS_DIR / f"federate_{name}.npz", buf.getvalue())
-        _plot_rounds(report, run / ROUNDS_PLOT)
-        return report
+        return _write_outputs(run, config, sites, site_data, probs, recorder, summary, transfer)
 
 
-def _centralized(ds: PtbxlDataset, sites: list[Site], config: FederateConfig, options: FitOptions) -> dict[int, np.ndarray]:
-    """The upper bound: one model on every site's training records pooled (one standardization), tested per site."""
+def _federate_deployment(run: Path, config: FederateConfig, dataset: PtbxlDataset | None, deployment: str, *, verbose: bool) -> dict:
+    """:func:`federate` on a SuperLink: this process reads no data; the sites report their own results (see :func:`federate`)."""
+    from edge_ecg.federate.deploy import check_reachable, initial_weights, run_deployment
+
+    if config.num_sites is None:
+        raise ValueError("--deployment: give --sites N, the number of sites (one SuperNode each); the server reads no data to count them")
+    if config.clients_per_round is not None and config.clients_per_round > config.num_sites:
+        raise ValueError(f"--clients-per-round {config.clients_per_round}: there are only {config.num_sites} sites (--sites)")
+    if "centralized" in config.compare and config.data is None and dataset is None:
+        raise ValueError("--compare centralized under --deployment trains on every site's records pooled on this machine: give --data "
+                         "(a pooled copy, for a benchmark), or --compare local (each site trains its own baseline) or none")
+    if config.export_sites not in ("all", "none") and not [n for n in config.export_sites.split(",") if n.strip()]:
+        raise ValueError(f"--export-sites {config.export_sites!r}: give all, none or site names")
+    fail_at = _fail_at_from_env()  # the site's name is checked by its client: the server does not know the names yet
+    check_reachable(deployment)  # before anything is written: an unreachable SuperLink is a clear error within seconds
+    with RunLock(run, "federate", create=True):
+        atomic_write_json(run / FEDERATE_CONFIG, {"format": RUN_FORMAT, "edge_ecg": __version__, "federate": asdict(config)})
+        plan = _Plan(config, None, [], model=model_fingerprint(config), fail_at=fail_at)
+        recorder = run_deployment(run, plan, initial_weights(plan), deployment, verbose=verbose)
+        n, names = plan.n_sites, plan.site_names(recorder)
+        if len(set(names)) != n:
+            raise RunError(f"the SuperNodes serve the sites {names}: a site twice; give each SuperNode its own site=NAME in --node-config")
+        empty = np.zeros(0, np.int64)
+        preds = [recorder.predictions[i] for i in range(n)]
+        sites = [Site(names[i], empty, empty, preds[i]["ids"].astype(np.int64)) for i in range(n)]
+        site_data = [(None, {"y": preds[i]["labels"], "ids": preds[i]["ids"].astype(np.int64)}) for i in range(n)]
+        summary = {"site_by": config.site_by, "blank": config.blank, "counted_by": "each site's client (the server reads no data)",
+                   "sites": {names[i]: recorder.site_reports[i]["summary"] for i in range(n)}}
+        atomic_write_json(run / SITES_FILE, summary)
+        probs = {name: {i: p[f"test-{name}"] for i, p in enumerate(preds)} for name in ("federated", "local", "fine-tuned")
+                 if all(f"test-{name}" in p for p in preds)}
+        if "centralized" in config.compare:
+            probs["centralized"] = _pooled_centralized(config, dataset, sites)
+        transfer = {names[i]: recorder.site_reports[i]["transfer"] for i in range(n) if recorder.site_reports[i]["transfer"]}
+        return _write_outputs(run, config, sites, site_data, probs, recorder, summary, transfer)
+
+
+def _pooled_centralized(config: FederateConfig, dataset: PtbxlDataset | None, reported: list[Site]) -> dict[int, np.ndarray]:
+    """A deployment's opt-in centralized baseline, on a pooled copy here; RunError when its sites' test records differ from the clients'."""
+    ds, site_of = load_sites_dataset(config, dataset)
+    by_name = {s.name: s for s in split_sites(ds, site_of, config.site_train_limit)}
+    for s in reported:
+        if s.name not in by_name or sorted(by_name[s.name].test.tolist()) != sorted(s.test.tolist()):
+            raise RunError(f"--compare centralized: site {s.name!r}'s test records in {ds.root} are not the ones its client reported; "
+                           "the pooled copy must hold the same records as the sites")
+    return _centralized(ds, [by_name[s.name] for s in reported], config)
+
+
+def _write_outputs(run: Path, config: FederateConfig, sites, site_data, probs: dict, recorder: _Recorder, summary: dict, transfer: dict) -> dict:
+    """The report (json, md), the final weights, predictions per model and the plot; returns the report."""
+    buf = io.BytesIO()
+    np.savez(buf, **recorder.arrays)
+    atomic_write_bytes(run / WEIGHTS_FILE, buf.getvalue())
+    report = _report(config, sites, site_data, probs, recorder, summary)
+    report["transfer"] = transfer
+    atomic_write_json(run / REPORT_JSON, report)
+    atomic_write_text(run / REPORT_MD, _markdown(report))
+    for name, per_site in probs.items():
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            **{f"{sites[i].name}/probs": p for i, p in per_site.items()},
+            **{f"{sites[i].name}/labels": site_data[i][1]["y"] for i in per_site},
+            **{f"{sites[i].name}/ecg_ids": site_data[i][1]["ids"] for i in per_site},
+        )
+        (run / PREDICTIONS_DIR).mkdir(exist_ok=True)
+        atomic_write_bytes(run / PREDICTIONS_DIR / f"federate_{name}.npz", buf.getvalue())
+    _plot_rounds(report, run / ROUNDS_PLOT)
+    return report
+
+
+def _centralized(ds: PtbxlDataset, sites: list[Site], config: FederateConfig) -> dict[int, np.ndarray]:
+    """The upper bound: one model on every site's training records pooled (one standardization), tested per site.
+
+    As many epochs as each client trained in the federation (``rounds * local_epochs``).
+    """
     from edge_ecg.data import Split
     from edge_ecg.tf import keras
     from edge_ecg.train import predict
@@ -829,6 +1099,8 @@ def _centralized(ds: PtbxlDataset, sites: list[Site], config: FederateConfig, op
     )
     standardizer = Standardizer.fit(pooled.train.signals)
     data = fit_data(pooled, standardizer, ds.rate)
+    options = FitOptions(epochs=config.rounds * config.local_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                         seed=config.seed, augment=config.augment)
     keras.utils.set_random_seed(config.seed)
     model = _build_model(config, data)
     local_fit(model, data, options, stream=(0, len(sites)))
@@ -859,6 +1131,7 @@ def _report(config: FederateConfig, sites, site_data, probs: dict, recorder: _Re
         "test_macro_auc": {"per_site": per_site, "pooled": pooled},
         "rounds": rounds,
         "failures": recorder.failures_by_site([s.name for s in sites]),
+        "kept_round": recorder.kept_round,
         "paired": _paired(config, sites, site_data, probs),
         "note": "test = each site's fold 10; intervals: percentile bootstrap over records (edge_ecg.metrics); "
                 "paired: macro AUC difference with a paired bootstrap interval over the classes the records define",
@@ -908,54 +1181,68 @@ def _export_sites(config: FederateConfig, sites: list[Site]) -> list[str]:
 
 
 def _transfer(run: Path, ds: PtbxlDataset, sites, site_data, config: FederateConfig, recorder: _Recorder, probs: dict, export_sites) -> dict:
-    """Per site: the federated model (with its own BN under FedBN), fine-tuned, into its run folder; then compress/export/build.
+    """The simulation's transfer, on this machine: :func:`_transfer_site` for every site from the federated model (its own BN under FedBN).
 
-    Adds the fine-tuned test probabilities to ``probs["fine-tuned"]``. A site whose compress or
-    export fails (e.g. the int8 model loses too much validation AUC on its small fold 9) is reported
-    with the error; the other sites go on.
+    Adds the fine-tuned test probabilities to ``probs["fine-tuned"]``.
     """
-    import shutil
-
-    from edge_ecg.evaluate import save_predictions
-    from edge_ecg.federate import transfer as tr
-    from edge_ecg.runfolder import federate_site_dir
     from edge_ecg.tf import keras
-    from edge_ecg.train import predict
 
     out: dict = {}
     if config.fine_tune == "none" and not export_sites:
         return out
     if config.fine_tune != "none":
         probs["fine-tuned"] = {}
-    options = FitOptions(epochs=config.fine_tune_epochs, batch_size=config.batch_size, learning_rate=config.fine_tune_lr,
-                         patience=config.fine_tune_epochs, seed=config.seed, augment=config.augment)
     for i, site in enumerate(sites):
         data, test = site_data[i]
-        folder = federate_site_dir(run, site.name)
-        if folder.exists():  # a previous federation's site folder: its fine-tune state belongs to another model
-            shutil.rmtree(folder)
         keras.utils.set_random_seed(config.seed)
         model = _build_model(config, data)
         _set_weights(model, recorder.arrays, recorder.site_bn.get(i), site=site.name)
-        row: dict = {"run": str(folder)}
-        folder.mkdir(parents=True)
-        if config.fine_tune != "none":
-            row["fine_tune"] = tr.fine_tune(model, data, folder, config.fine_tune, options)
-            probs["fine-tuned"][i] = predict(model, test["x"])
-        tr.write_site_run(
-            run, site.name, config, data_root=str(ds.root), standardizer=test["standardizer"], model=model,
-            ids={"train": site.train, "val": site.val, "test": site.test}, sites_info={"site_by": config.site_by, "blank": config.blank,
-                                                                      "data": dict(parse_site_data(config.site_data)).get(site.name, str(ds.root))},
-        )
-        save_predictions(folder, "test", test["ids"], predict(model, test["x"]), test["y"])
-        if site.name in export_sites:
-            site_ds = ds.select(np.isin(ds.ecg_ids, site.ids()))
-            try:
-                row.update(tr.compress_export_build(folder, site_ds, config))
-            except Exception as exc:  # noqa: BLE001 - one site's failed export is reported; the other sites go on
-                row["error"] = f"{type(exc).__name__}: {exc}"
-        out[site.name] = row
+        cs = _ClientSite(site, data, test, ds.select(np.isin(ds.ecg_ids, site.ids())))
+        out[site.name], tuned = _transfer_site(run, site, cs, model, config, data_root=str(ds.root), export=site.name in export_sites)
+        if tuned is not None:
+            probs["fine-tuned"][i] = tuned
     return out
+
+
+def _transfer_site(run: Path, site: Site, cs: _ClientSite, model, config: FederateConfig, *, data_root: str, export: bool):
+    """One site's transfer into ``RUN/sites/<site>``: fine-tune ``model`` (in place), write the site's run folder, then compress/export/build.
+
+    Returns (the site's report row, its fine-tuned test probabilities or None). Runs on the
+    simulation's machine, or on the site's own SuperNode in a deployment (:func:`_site_side_report`).
+    A site whose compress or export fails (e.g. the int8 model loses too much validation AUC on
+    its small fold 9) is reported with the error; the other sites go on.
+    """
+    import shutil
+
+    from edge_ecg.evaluate import save_predictions
+    from edge_ecg.federate import transfer as tr
+    from edge_ecg.runfolder import federate_site_dir
+    from edge_ecg.train import predict
+
+    data, test = cs.data, cs.test
+    folder = federate_site_dir(run, site.name)
+    if folder.exists():  # a previous federation's site folder: its fine-tune state belongs to another model
+        shutil.rmtree(folder)
+    row: dict = {"run": str(folder)}
+    folder.mkdir(parents=True)
+    tuned = None
+    if config.fine_tune != "none":
+        options = FitOptions(epochs=config.fine_tune_epochs, batch_size=config.batch_size, learning_rate=config.fine_tune_lr,
+                             patience=config.fine_tune_epochs, seed=config.seed, augment=config.augment)
+        row["fine_tune"] = tr.fine_tune(model, data, folder, config.fine_tune, options)
+        tuned = predict(model, test["x"])
+    tr.write_site_run(
+        run, site.name, config, data_root=data_root, standardizer=test["standardizer"], model=model,
+        ids={"train": site.train, "val": site.val, "test": site.test},
+        sites_info={"site_by": config.site_by, "blank": config.blank, "data": dict(parse_site_data(config.site_data)).get(site.name, data_root)},
+    )
+    save_predictions(folder, "test", test["ids"], predict(model, test["x"]) if tuned is None else tuned, test["y"])
+    if export:
+        try:
+            row.update(tr.compress_export_build(folder, cs.dataset, config))
+        except Exception as exc:  # noqa: BLE001 - one site's failed export is reported; the other sites go on
+            row["error"] = f"{type(exc).__name__}: {exc}"
+    return row, tuned
 
 
 def format_score(score: dict) -> str:
@@ -969,7 +1256,8 @@ def format_score(score: dict) -> str:
 def _markdown(report: dict) -> str:
     names = list(report["test_macro_auc"]["pooled"])
     lines = ["# Federated run", "", f"strategy {report['config']['strategy']}, batch norm {report['config']['batch_norm']}, "
-             f"{report['config']['rounds']} rounds x {report['config']['local_epochs']} local epochs", "",
+             f"{report['config']['rounds']} rounds x {report['config']['local_epochs']} local epochs"
+             + (f", kept round {report['kept_round']} (best mean validation macro AUC)" if report.get("kept_round") not in (None, report['config']['rounds']) else ""), "",
              "Test macro AUC (fold 10 of each site) [95% bootstrap interval]", "",
              "| site | train | test | " + " | ".join(names) + " |", "| --- | ---: | ---: |" + " --- |" * len(names)]
     for site, scores in report["test_macro_auc"]["per_site"].items():

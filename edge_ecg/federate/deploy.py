@@ -6,18 +6,18 @@ In flwr 1.42 a SuperLink serves its Fleet, Control and runtime APIs over HTTP on
 1. checks that a SuperLink answers at ``HOST:PORT`` (a TCP connection within
    :data:`CONNECT_TIMEOUT_S`), else :class:`DeploymentError` saying how to start one;
 2. writes a Flower app folder, ``RUN/flower_app/pyproject.toml``, whose components are
-   :mod:`edge_ecg.federate.flower_apps`' ``server_app`` and ``client_app`` and whose run config carries the plan (options,
-   sites and their ecg_ids, as JSON) and the path where the ServerApp writes its results;
+   :mod:`edge_ecg.federate.flower_apps`' ``server_app`` and ``client_app`` and whose run config carries the plan (options
+   and the model's fingerprint as JSON: no data path, no sites, no record ids) and the path where the ServerApp writes its results;
 3. runs ``flwr run RUN/flower_app edge-ecg --stream`` with a private ``FLWR_HOME`` whose
    ``config.toml`` names the SuperLink (insecure: TLS is the SuperLink's ``--ssl-*`` options);
-4. reads the ServerApp's results (``RUN/flower_results.npz`` and ``.json``) and goes on like the
-   simulation (baselines, transfer, report).
+4. reads the ServerApp's results (``RUN/flower_results.npz`` and ``.json``: the global weights, and
+   what each site's client reported after its own baseline and transfer) and writes the report.
 
 Requirements of a deployment: every machine has edge-ecg installed (the app's code is this
 package: runtime dependency installation is off), the SuperLink's ``--disable-runtime-dependency-installation``,
-each SuperNode's ``--node-config "partition-id=I num-partitions=N"`` (I = the site's index in
-``sites.json``'s order; optional ``data="/path/to/ptbxl"`` where the site's copy of the data lives),
-and the ServerApp's machine (the SuperLink's) can write the run folder, as the results go there.
+each SuperNode's ``--node-config "partition-id=I num-partitions=N data='/path/to/its/data'"`` (I from 0 to N-1,
+one each; optional ``site=NAME``, the site it serves in its folder, and ``run-dir=DIR``, where its site's run
+folder goes), and the ServerApp's machine (the SuperLink's) can write the run folder, as the results go there.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _make_server_app():
         from edge_ecg.federate import _Recorder, server_main
 
         plan = plan_from_json(str(context.run_config["plan"]))
-        recorder = _Recorder(len(plan.sites))
+        recorder = _Recorder(plan.n_sites)
         try:
             server_main(grid, plan, initial_weights(plan), recorder)
         except Exception as exc:  # the caller reads the reason from the results, not from the SuperLink's log
@@ -168,16 +168,10 @@ def _make_server_app():
 
 
 def initial_weights(plan) -> dict[str, np.ndarray]:
-    """The seeded initial model, built from the shapes in the plan's fingerprint (the server needs no data)."""
-    from edge_ecg import CLASSES, models
-    from edge_ecg.federate import _key
-    from edge_ecg.tf import keras
+    """The seeded initial model's weights (the server needs no data: the shapes are in the plan's fingerprint)."""
+    from edge_ecg.federate import _key, _model_of_plan
 
-    shape = plan.model.split(" input ")[1].split(" ")[0]
-    samples, leads = (int(v) for v in shape.split("x"))
-    keras.utils.set_random_seed(plan.config.seed)
-    model = models.build(plan.config.arch, num_samples=samples, num_leads=leads, num_classes=len(CLASSES), **plan.config.arch_kwargs)
-    return {_key(i): v.numpy() for i, v in enumerate(model.weights)}
+    return {_key(i): v.numpy() for i, v in enumerate(_model_of_plan(plan).weights)}
 
 
 def write_results(base: Path, recorder) -> None:
@@ -198,6 +192,8 @@ def write_results(base: Path, recorder) -> None:
         "evaluate": [{str(k): v for k, v in r.items()} for r in recorder.evaluate],
         "failures": recorder.failures, "node_site": {str(k): v for k, v in recorder.node_site.items()},
         "finished": recorder.arrays is not None, "error": recorder.error,
+        "site_names": {str(k): v for k, v in recorder.site_names.items()}, "kept_round": recorder.kept_round,
+        "site_reports": {str(k): v for k, v in recorder.site_reports.items()},
     })
 
 
@@ -214,6 +210,9 @@ def read_results(base: Path, n_sites: int):
     recorder.evaluate = [{int(k): v for k, v in r.items()} for r in meta["evaluate"]]
     recorder.failures = meta["failures"]
     recorder.node_site = {int(k): v for k, v in meta["node_site"].items()}
+    recorder.site_names = {int(k): v for k, v in meta.get("site_names", {}).items()}
+    recorder.kept_round = meta.get("kept_round")
+    recorder.site_reports = {int(k): v for k, v in meta.get("site_reports", {}).items()}
     with np.load(base.with_suffix(".npz")) as z:
         recorder.arrays = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("global/")} if meta["finished"] else None
         for k in z.files:
@@ -261,10 +260,10 @@ def run_deployment(run: Path, plan, initial: dict[str, np.ndarray], address: str
         except subprocess.TimeoutExpired:
             raise DeploymentError(f"`{' '.join(command)}` did not finish within {timeout:g} s") from None
     if done.returncode != 0 and results.with_suffix(".json").is_file():
-        read_results(results, len(plan.sites))  # raises with the ServerApp's own error where it wrote one
+        read_results(results, plan.n_sites)  # raises with the ServerApp's own error where it wrote one
     if done.returncode != 0:
         tail = "\n".join(((done.stdout or "") + (done.stderr or "")).splitlines()[-15:])
         raise DeploymentError(f"`flwr run` on the SuperLink at {address} failed (exit {done.returncode}):\n{tail}")
-    recorder = read_results(results, len(plan.sites))
+    recorder = read_results(results, plan.n_sites)
     check_finished(plan, recorder)
     return recorder
