@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_ecg.data import PtbxlDataset
-from edge_ecg.runfolder import CV_FILE, TEST_IDS_FILE, RunFolder, cv_fold_dir
+from edge_ecg.runfolder import CV_FILE, LABELLED_IDS_FILE, TEST_IDS_FILE, TRAIN_IDS_FILE, RunFolder, cv_fold_dir
 
 
 CROSSFIT_FILE = "crossfit.json"
@@ -165,7 +165,7 @@ def _teacher_model(run: Path, config, dataset: PtbxlDataset, part: dict, progres
     val_ds = dataset.select(dataset.folds == part["val_fold"])
     labelled = dataset.select(np.isin(dataset.folds, part["labels_folds"]))
     run.mkdir(parents=True, exist_ok=True)
-    np.save(run / "train_ecg_ids.npy", train_ds.ecg_ids)  # the bookkeeping check_crossfit audits
+    np.save(run / TRAIN_IDS_FILE, train_ds.ecg_ids)  # the bookkeeping check_crossfit audits
     np.save(run / "val_ecg_ids.npy", val_ds.ecg_ids)
     standardizer = Standardizer.fit(train_ds.signals, tuple(dataset.leads))  # deterministic: a resume refits the same one
     standardizer.save(run / STANDARDIZATION_FILE)
@@ -177,7 +177,7 @@ def _teacher_model(run: Path, config, dataset: PtbxlDataset, part: dict, progres
     fit(model, data, run, FitOptions.from_config(replace(config, teacher=None)), progress=progress)
     model.load_weights(run / STATE_DIR / BEST_WEIGHTS)
     probs = predict(model, standardizer.transform(labelled.signals))
-    np.save(run / "labelled_ecg_ids.npy", labelled.ecg_ids)
+    np.save(run / LABELLED_IDS_FILE, labelled.ecg_ids)
     return probs
 
 
@@ -196,7 +196,7 @@ def _cross_fit_fold(teacher_dir: Path, config, dataset: PtbxlDataset, test_fold:
             console().print(f"[bold]{Path(teacher_dir).name}[/]: test fold {test_fold}, model {part['group'] + 1} of {len(plan)} "
                             f"(labels folds {','.join(map(str, part['labels_folds']))}, validates on {part['val_fold']})")
         probs.append(_teacher_model(run, config, dataset, part, progress))
-        ids.append(np.load(run / "labelled_ecg_ids.npy"))
+        ids.append(np.load(run / LABELLED_IDS_FILE))
     np.save(folder / TEST_IDS_FILE, dataset.ecg_ids[dataset.folds == test_fold])
     atomic_write_json(folder / "plan.json", plan)
     out = folder.with_suffix(".npz")
@@ -299,9 +299,9 @@ def check_crossfit(teacher_dir, test_fold: int) -> None:
     test_ids = set(np.load(folder / TEST_IDS_FILE).tolist())
     for part in json.loads(plan_path.read_text()):
         run = folder / f"group{part['group']}"
-        trained = set(np.load(run / "train_ecg_ids.npy").tolist())
+        trained = set(np.load(run / TRAIN_IDS_FILE).tolist())
         validated = set(np.load(run / "val_ecg_ids.npy").tolist())
-        labelled = set(np.load(run / "labelled_ecg_ids.npy").tolist())
+        labelled = set(np.load(run / LABELLED_IDS_FILE).tolist())
         leak = trained & labelled
         if leak:
             raise TeacherError(f"{run}: trained on {len(leak)} record(s) it labels, e.g. ecg_id {sorted(leak)[:5]}")

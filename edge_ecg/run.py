@@ -92,7 +92,7 @@ def run_pipeline(
 
     say("6/6 bench on the TFLite Micro host emulator")
     from edge_ecg.bench.runner import read_jsonl
-    from edge_ecg.runfolder import RunFolder, write_report_json
+    from edge_ecg.runfolder import PIPELINE_FILE, RunFolder, write_report_json
 
     # continues its results unless they were measured on a model this export replaced
     header, _ = read_jsonl(RunFolder(run).bench_results("emulator-tflm"))
@@ -100,7 +100,7 @@ def run_pipeline(
     summary = bench(run, emulator="tflm", fresh=fresh, dataset=dataset, progress=progress)
     stages["bench"] = {"records": summary["records"], "identical_to_reference": summary["identical_to_reference"],
                        "macro_auc": summary.get("macro_auc"), "median_latency_us": summary["latency"].get("median_us")}
-    return write_report_json(run / "pipeline.json", {"preset": preset, "arch": arch, "stages": stages})["stages"]
+    return write_report_json(run / PIPELINE_FILE, {"preset": preset, "arch": arch, "stages": stages})["stages"]
 
 
 def current_evaluation(run: Path) -> dict | None:

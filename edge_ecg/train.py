@@ -44,6 +44,7 @@ from edge_ecg.runfolder import (  # the run folder's names and readers live ther
     RUN_FORMAT,
     STANDARDIZATION_FILE,
     STATE_DIR,
+    TRAIN_IDS_FILE,
     RunError,
     RunFolder,
     RunLock,
@@ -346,7 +347,7 @@ def train(
             standardizer = Standardizer.fit(split.train.signals, tuple(config.leads))
             standardizer.save(std_path)
         data = fit_data(split, standardizer, config.rate)
-        np.save(run / "train_ecg_ids.npy", split.train.ecg_ids)  # which records this model learned from (audits, leaks)
+        np.save(run / TRAIN_IDS_FILE, split.train.ecg_ids)  # which records this model learned from (audits, leaks)
         if config.teacher:
             from edge_ecg.distill import teacher_soft_labels
 

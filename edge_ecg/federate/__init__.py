@@ -376,7 +376,7 @@ def local_fit(model, data: FitData, options: FitOptions, *, stream: tuple[int, .
     does after every epoch).
     """
     from edge_ecg.tf import keras, tf
-    from edge_ecg.train import _make_gradient_step, augment, recompute_batch_norm_statistics
+    from edge_ecg.train import _make_gradient_step, augment_batch, recompute_batch_norm_statistics
 
     tf.config.experimental.enable_op_determinism()
     if proximal_mu > 0:
@@ -398,7 +398,7 @@ def local_fit(model, data: FitData, options: FitOptions, *, stream: tuple[int, .
         losses = []
         for b in range(steps):
             idx = order[b * options.batch_size : (b + 1) * options.batch_size]
-            xb = augment(data.x_train[idx], rng, data.rate) if options.augment else data.x_train[idx]
+            xb = augment_batch(data.x_train[idx], rng, data.rate, options)  # the same draws as train.fit
             y = tf.constant(data.y_train[idx])
             value, grads = step(tf.constant(xb), y, y)
             apply_gradients(grads)
