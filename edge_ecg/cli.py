@@ -425,6 +425,15 @@ def cmd_run(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _ray_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--ray [ADDRESS]``, the same on every command whose independent work edge_ecg.scaleout runs."""
+    from edge_ecg.scaleout import LOCAL
+
+    p.add_argument("--ray", nargs="?", const=LOCAL, metavar="ADDRESS",
+                   help=f"{what} as Ray tasks, on a local Ray (no ADDRESS) or the cluster at ADDRESS "
+                        "(`ray start --head`); the folder must be on storage every node sees")
+
+
 def _train_options(p: argparse.ArgumentParser) -> None:
     from edge_ecg.train import TrainConfig
 
@@ -522,9 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rhythm-only", choices=("sinus", "nsr", "unlabelled"),
                    help="with --out, CinC records whose codes give no superclass: sinus (default) = NORM when every code is "
                         "a sinus rhythm; nsr = NORM only for sinus rhythm alone; unlabelled = left out")
-    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="with --cv: run the folds as Ray tasks, on a local Ray (no ADDRESS) or the cluster at ADDRESS "
-                        "(`ray start --head`); the run folder must be on storage every node sees")
+    _ray_option(p, "with --cv: run the folds")
     _train_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -542,9 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", type=int, default=CROSSFIT_GROUPS, metavar="N", help="teacher models per test fold, 2 to 8: "
                    f"each labels 8/N training folds and trains on the rest (default: {CROSSFIT_GROUPS})")
     p.add_argument("--json", action="store_true", help="print one JSON object (folds, models, soft-label files)")
-    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="train the test folds as Ray tasks, on a local Ray (no ADDRESS) or the cluster at ADDRESS "
-                        "(`ray start --head`); the folder must be on storage every node sees")
+    _ray_option(p, "train the test folds")
     _train_options(p)
     p.set_defaults(func=cmd_cross_fit)
 
@@ -569,8 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "K+1 (default: 8 9 10, validating on 9, 10 and 1)")
     p.add_argument("--clock-mhz", type=float, metavar="MHZ",
                    help="clock turning instructions/cycles into ms (default: 100 for cortex-m4, 240 for the ESP32s)")
-    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="train trials as Ray tasks, on a local Ray (no ADDRESS) or the cluster at ADDRESS")
+    _ray_option(p, "train the trials")
     _train_options(p)
     p.set_defaults(func=cmd_search)
 
