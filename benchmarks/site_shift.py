@@ -10,8 +10,10 @@ to its 10-s window before the firmware's standardization, applied alike to every
 site:
 
 * ``none``: the records as read (the baseline);
-* ``highpass``: 0.5 Hz second-order Butterworth high-pass, zero phase (sosfiltfilt over the window):
-  removes the baseline wander and offsets that differ between sites' acquisition chains;
+* ``highpass``: 0.5 Hz second-order Butterworth high-pass, zero phase over the window: the firmware's
+  filter (``edge_ecg.preprocess.highpass_filter``, what ``train --highpass 0.5`` builds into a run), here
+  on a model trained without it; removes the baseline wander and offsets that differ between sites'
+  acquisition chains;
 * ``record-gain``: per record and lead, the window's median removed and its standard deviation
   scaled to the training folds' (the run's standardization): removes gain differences between sites,
   and with them the absolute voltage (a cost on HYP is expected).
@@ -55,14 +57,13 @@ REMEDIES = ("none", "highpass", "record-gain")
 
 def transform(name: str, x_mv: np.ndarray, rate: int, train_std: np.ndarray) -> np.ndarray:
     """Records (N, T, L) in mV after remedy ``name``."""
-    import scipy.signal
+    from edge_ecg.preprocess import highpass_coefficients, highpass_filter
 
     x = np.asarray(x_mv, np.float32)
     if name == "none":
         return x
     if name == "highpass":
-        sos = scipy.signal.butter(2, 0.5, btype="highpass", fs=rate, output="sos")
-        return scipy.signal.sosfiltfilt(sos, x, axis=1).astype(np.float32)
+        return highpass_filter(x, highpass_coefficients(0.5, rate))
     if name == "record-gain":
         centred = x - np.median(x, axis=1, keepdims=True)
         sd = centred.std(axis=1, keepdims=True)

@@ -150,6 +150,7 @@ def _train_config(args):
         class_weighted=args.class_weighted,
         augment=not args.no_augment,
         augment_site=args.augment_site,
+        highpass_hz=args.highpass,
         train_limit=args.train_limit,
         teacher=args.teacher,
         distill_alpha=args.alpha,
@@ -453,6 +454,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment-site", action="store_true",
                    help="add site-shift augmentation: per-lead gain and baseline errors, noise spectra, resampling "
                         "(edge_ecg.train.augment_site)")
+    p.add_argument("--highpass", type=float, default=d.highpass_hz, metavar="HZ",
+                   help="zero-phase high-pass cutoff applied to each window before standardization, in training, "
+                        "evaluation and the firmware (e.g. 0.5: removes baseline wander and offsets that differ "
+                        "between sites; default: none)")
     p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training records (quick checks)")
     p.add_argument("--teacher", metavar="RUN_OR_PREDICTIONS",
                    help="distill from a run folder, a --cv folder, a predictions .npz, or several joined by ',' (ensemble)")

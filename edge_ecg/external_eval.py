@@ -122,7 +122,7 @@ def int8_side(run: Path, progress: bool):
     note = f"the export's: {info['thresholds']['source']}"
 
     def run_int8(x_mv: np.ndarray) -> np.ndarray:
-        q = int8_input(x_mv, standardizer.mean, standardizer.std, clip, in_q["scale"], in_q["zero_point"])
+        q = int8_input(x_mv, standardizer.mean, standardizer.std, clip, in_q["scale"], in_q["zero_point"], standardizer.highpass)
         y = tflm_run(tflite, q, progress=progress, description="TFLM external")
         return output_probabilities(y, out_q["scale"], out_q["zero_point"], kind)
 

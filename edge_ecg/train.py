@@ -69,6 +69,10 @@ class TrainConfig:
     augment: bool = True
     # site-shift augmentation (augment_site below) on top of, or instead of, ``augment``
     augment_site: bool = False
+    # zero-phase high-pass cutoff in Hz applied to every window before standardization, in training and on the
+    # device (edge_ecg.preprocess.highpass_filter, ECG_HIGHPASS_SOS); 0: none. Removes baseline wander and offsets
+    # that differ between sites' acquisition chains.
+    highpass_hz: float = 0.0
     train_limit: int | None = None  # use only the first N training records (smoke tests)
     teacher: str | None = None  # run folder(s), CV folder or predictions .npz: see edge_ecg.distill
     distill_alpha: float = 0.5  # weight of the teacher's soft labels in the loss (0: labels only)
@@ -83,6 +87,9 @@ class TrainConfig:
         from edge_ecg.data.leads import parse_leads
 
         self.leads = list(parse_leads(self.leads, "leads"))
+        if self.highpass_hz and not 0 < self.highpass_hz < self.rate / 2:
+            raise RunError(f"highpass_hz {self.highpass_hz}: a cutoff must lie between 0 and {self.rate / 2} Hz "
+                           f"(half the sampling rate {self.rate}), or be 0 for no filter")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -344,7 +351,7 @@ def train(
 
                     console().print(f"{std_path}: not finite (left by a failed run); refitting it on the training folds")
         if standardizer is None:
-            standardizer = Standardizer.fit(split.train.signals, tuple(config.leads))
+            standardizer = Standardizer.fit(split.train.signals, tuple(config.leads), config.highpass_hz, config.rate)
             standardizer.save(std_path)
         data = fit_data(split, standardizer, config.rate)
         np.save(run / TRAIN_IDS_FILE, split.train.ecg_ids)  # which records this model learned from (audits, leaks)

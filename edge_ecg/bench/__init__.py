@@ -73,7 +73,7 @@ def _int8_inputs(run: Path, exported: dict, signals: np.ndarray) -> np.ndarray:
 
     standardizer = Standardizer.load(run / STANDARDIZATION_FILE)
     return int8_input(signals, standardizer.mean, standardizer.std, exported["calibration"]["clip_sigma"],
-                      exported["tflite"]["input"]["scale"], exported["tflite"]["input"]["zero_point"])
+                      exported["tflite"]["input"]["scale"], exported["tflite"]["input"]["zero_point"], standardizer.highpass)
 
 
 WINDOW_ID_BASE = 1000

@@ -55,7 +55,7 @@ MPS2_DIR = FIRMWARE / "mps2-an386"
 ARM_CC = "arm-none-eabi-gcc"
 ARM_SIZE = "arm-none-eabi-size"
 ARM_CPU_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
-ARM_CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", *ARM_CPU_FLAGS,
+ARM_CFLAGS = ("-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-pedantic", *ARM_CPU_FLAGS,
               "-ffunction-sections", "-fdata-sections")
 ARM_LDFLAGS = ("-nostartfiles", "-Wl,--gc-sections", "--specs=nano.specs", "--specs=nosys.specs",
                "-Wl,--no-warn-rwx-segments")

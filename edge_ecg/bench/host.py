@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
-CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic")
+CFLAGS = ("-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-pedantic")
 
 
 def build_host_port(

@@ -384,6 +384,8 @@ def export(
         thresholds=thresholds,
         lead_mean=standardizer.mean.tolist(),
         lead_std=standardizer.std.tolist(),
+        highpass=None if standardizer.highpass is None else standardizer.highpass.tolist(),
+        highpass_hz=standardizer.highpass_hz,
         lead_names=list(config.leads),  # the run's lead set (edge_ecg.data.leads), the input channels in order
         sample_rate_hz=config.rate,
         arena_bytes=arena["recommended_bytes"],

@@ -158,6 +158,8 @@ def model_config_h(
     sample_rate_hz: int | None = None,
     thresholds_note: str = "",
     output_kind: str = "probability",
+    highpass: Sequence[float] | None = None,
+    highpass_hz: float = 0.0,
 ) -> str:
     io = check_tflite(tflite_bytes)
     inp, out = io["inputs"][0], io["outputs"][0]
@@ -169,6 +171,8 @@ def model_config_h(
         raise ExportError(f"standardization for {len(lead_mean)} leads, the model takes {leads}")
     if not arena_bytes > 0:
         raise ExportError(f"arena size must be positive, got {arena_bytes}")
+    if highpass is not None and len(highpass) != 5:
+        raise ExportError(f"the high-pass needs 5 coefficients (b0, b1, b2, a1, a2), got {len(highpass)}")
     if arena_targets is not None and int(arena_targets.get("reference", arena_bytes)) != int(arena_bytes):
         raise ExportError(f"ECG_ARENA_BYTES is the reference figure: arena_bytes {arena_bytes} != arena_targets['reference'] "
                           f"{arena_targets['reference']}")
@@ -187,6 +191,7 @@ def model_config_h(
         f"#ifndef {g}\n#define {g}\n",
         "/* Input: one record of ECG_INPUT_SAMPLES samples x ECG_INPUT_LEADS leads, int8,",
         " * sample-major (all leads of sample 0, then sample 1, ...). Each value x of lead l:",
+        " *   if ECG_HIGHPASS_SOS is defined: x = the window's lead l high-pass filtered (ee_preprocess.h)",
         " *   z = (x - ECG_LEAD_MEAN[l]) / ECG_LEAD_STD[l]        (standardize; x in the units of the training data, PTB-XL: mV)",
         " *   if ECG_INPUT_CLIP_SIGMA > 0: clip z to +-ECG_INPUT_CLIP_SIGMA",
         " *   q = round(z / ECG_INPUT_SCALE) + ECG_INPUT_ZERO_POINT, clipped to [-128, 127] */",
@@ -209,6 +214,14 @@ def model_config_h(
         f"#define ECG_LEAD_MEAN {_list([c_float(v) for v in lead_mean])}",
         f"#define ECG_LEAD_STD {_list([c_float(v) for v in lead_std])}",
     ]
+    if highpass is not None:
+        lines += [
+            f"/* Zero-phase {highpass_hz:g} Hz Butterworth high-pass of each lead over the window, before standardizing:",
+            " * static const float hp[5] = ECG_HIGHPASS_SOS; static float work[ECG_INPUT_SAMPLES];",
+            " * params.highpass = hp; params.work = work; (ee_preprocess.h) */",
+            f"#define ECG_HIGHPASS_HZ {c_float(highpass_hz)}",
+            f"#define ECG_HIGHPASS_SOS {_list([c_float(v) for v in highpass])}  /* b0, b1, b2, a1, a2 (a0 = 1) */",
+        ]
     if lead_names is not None:
         lines.append(f"#define ECG_LEAD_NAMES {_list([_c_string(_lead_display(n)) for n in lead_names])}  /* the input channels, in order */")
     lines += [

@@ -4,8 +4,9 @@
  *
  *   unit_tests preprocess CASE EXPECTED
  *       CASE (native byte order): uint32 n_samples, uint32 n_leads,
- *       float clip, float scale, int32 zero_point, float mean[n_leads],
- *       float std[n_leads], float samples[n_samples * n_leads].
+ *       float clip, float scale, int32 zero_point, int32 has_highpass,
+ *       float highpass[5], float mean[n_leads], float std[n_leads],
+ *       float samples[n_samples * n_leads].
  *       EXPECTED: int8[n_samples * n_leads] from the numpy reference.
  *       Exit 0 when ee_preprocess_mv() matches bit for bit, else 1.
  *
@@ -23,6 +24,7 @@
 #define MAX_VALUES (1u << 20)
 
 static float g_samples[MAX_VALUES];
+static float g_work[MAX_VALUES];
 static int8_t g_expected[MAX_VALUES];
 static int8_t g_actual[MAX_VALUES];
 
@@ -40,6 +42,8 @@ static int run_preprocess(const char *case_path, const char *expected_path) {
     float clip;
     float scale;
     int32_t zero_point;
+    int32_t has_highpass;
+    float highpass[5];
     float mean[MAX_LEADS];
     float std[MAX_LEADS];
     ee_preprocess_params_t params;
@@ -56,7 +60,9 @@ static int run_preprocess(const char *case_path, const char *expected_path) {
     if (read_exact(f, &n_samples, sizeof n_samples, "n_samples") ||
         read_exact(f, &n_leads, sizeof n_leads, "n_leads") || read_exact(f, &clip, sizeof clip, "clip") ||
         read_exact(f, &scale, sizeof scale, "scale") ||
-        read_exact(f, &zero_point, sizeof zero_point, "zero_point")) {
+        read_exact(f, &zero_point, sizeof zero_point, "zero_point") ||
+        read_exact(f, &has_highpass, sizeof has_highpass, "has_highpass") ||
+        read_exact(f, highpass, sizeof highpass, "highpass")) {
         fclose(f);
         return 2;
     }
@@ -89,6 +95,8 @@ static int run_preprocess(const char *case_path, const char *expected_path) {
     params.clip = clip;
     params.scale = scale;
     params.zero_point = zero_point;
+    params.highpass = has_highpass ? highpass : NULL;
+    params.work = g_work;
     if (ee_preprocess_mv(g_samples, n_samples, n_leads, &params, g_actual) != EE_PREPROCESS_OK) {
         fprintf(stderr, "ee_preprocess_mv rejected the parameters\n");
         return 1;
@@ -110,6 +118,14 @@ static int run_preprocess(const char *case_path, const char *expected_path) {
     printf("preprocess: %lu values match\n", (unsigned long)n);
 
     /* Invalid parameters must be refused, not divided by. */
+    if (has_highpass) {
+        params.work = NULL;
+        if (ee_preprocess_mv(g_samples, n_samples, n_leads, &params, g_actual) != EE_PREPROCESS_BAD_ARGUMENT) {
+            fprintf(stderr, "a high-pass without a work buffer was accepted\n");
+            return 1;
+        }
+        params.work = g_work;
+    }
     std[0] = 0.0f;
     if (ee_preprocess_mv(g_samples, n_samples, n_leads, &params, g_actual) != EE_PREPROCESS_BAD_ARGUMENT) {
         fprintf(stderr, "std = 0 was accepted\n");
