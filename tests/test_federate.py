@@ -100,6 +100,8 @@ def test_two_round_simulation_with_a_fixed_seed_gives_the_same_model_twice_and_s
     from edge_ecg.federate import FAIL_ENV, REPORT_JSON, REPORT_MD, ROUNDS_PLOT, WEIGHTS_FILE, federate
 
     monkeypatch.setenv(FAIL_ENV, "2:CS-12")
+    # a cluster address left in the environment (nothing listens there) is not joined: the simulation's Ray is its own
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     config = FederateConfig(
         arch_kwargs=TINY_ARCH, rounds=2, local_epochs=1, site_train_limit=16, strategy="fedprox", proximal_mu=0.1,
         batch_norm="local", compare=(), n_boot=20, fine_tune="none", export_sites="none",

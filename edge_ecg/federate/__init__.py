@@ -914,7 +914,10 @@ def run_federation(plan: _Plan, initial: dict[str, np.ndarray], *, verbose: bool
 
         logging.getLogger("flwr").setLevel(logging.WARNING)
     recorder = _Recorder(len(plan.sites))
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"include_dashboard": False, "log_to_driver": verbose}}
+    # address "local": a Ray instance of its own, never a cluster already running on the machine (Flower's plain
+    # ray.init() would join one, e.g. a `ray start --head` left for `evaluate --cv --ray`, whose nodes lack the data)
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"address": "local", "include_dashboard": False, "log_to_driver": verbose}}
     run_simulation(
         server_app=_server_app(plan, initial, recorder),
         client_app=_client_app(plan),
