@@ -142,6 +142,8 @@ int main(void) {
     assert out.returncode == 0, out.stderr
     c_bytes = np.frombuffer(out.stdout, np.int8).reshape(records.shape)
     exported = json.loads((run / "export" / "export.json").read_text())
+    assert exported["preprocessing"] == {"highpass_hz": 0.5}
+    assert "input high-pass: 0.5 Hz" in (run / "export" / "report.md").read_text()
     np.testing.assert_array_equal(c_bytes, _int8_inputs(run, exported, records))
     assert result["tflite"]["input"]["shape"][1:] == [1000, 2]
     assert len(np.unique(c_bytes)) > 20  # real signal, not a constant

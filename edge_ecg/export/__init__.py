@@ -411,6 +411,8 @@ def export(
         "model_sha256": sha256_file(path),  # what `edge-ecg run` compares to tell a current export from a stale one
         "quantization_aware": bool(is_quantization_aware(model)),
         "representative": {"records": int(len(rep_idx)), "source": "training folds, evenly spaced, standardized"},
+        # the run's input filter (standardization.json; ECG_HIGHPASS_SOS in model_config.h), 0: none
+        "preprocessing": {"highpass_hz": standardizer.highpass_hz},
         "tflite": {
             "file": TFLITE_FILE,
             "bytes": len(tflite),

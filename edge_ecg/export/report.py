@@ -79,6 +79,12 @@ def _int8_row(run: Path, name: str, model_path: Path, dataset, clip_sigma, n_boo
     }
 
 
+def _highpass_text(result: dict) -> str:
+    """'0.5 Hz' for a run trained with --highpass, else 'off' (also for exports written before the field)."""
+    hz = result.get("preprocessing", {}).get("highpass_hz", 0.0)
+    return f"{hz:g} Hz (ECG_HIGHPASS_SOS)" if hz else "off"
+
+
 def stage_report(run: str | os.PathLike, *, dataset=None, clip_sigma="auto", n_boot: int = 1000) -> dict:
     """Export every variant of ``run`` and write ``compression.md`` / ``compression.json``."""
     from edge_ecg.train import MODEL_FILE, write_json
@@ -150,7 +156,8 @@ def export_report(out_dir: str | os.PathLike, result: dict, labels: np.ndarray, 
         f"- test macro AUC: float {par['float_test_macro_auc']:.4f}, int8 TFLite Micro {par['int8_tflm_test_macro_auc']:.4f} "
         f"(drop {par['auc_drop']:+.4f}); validation drop {par['val_auc_drop']:+.4f} (allowed {par['max_drop']:g})",
         f"- TFLite Micro = LiteRT reference kernels on {par['tflm_litert_identical_records']}/{par['test_records']} test records",
-        f"- input clipping: {result['calibration']['clip_sigma'] or 'off'}; `.tflite` {result['tflite']['bytes']:,} B",
+        f"- input clipping: {result['calibration']['clip_sigma'] or 'off'}; input high-pass: "
+        f"{_highpass_text(result)}; `.tflite` {result['tflite']['bytes']:,} B",
         "",
         "| class | float AUC | int8 AUC |",
         "| --- | --- | --- |",
