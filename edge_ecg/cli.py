@@ -389,7 +389,8 @@ def cmd_federate(args) -> int:
         arch=args.arch, arch_kwargs=_parse_arch_args(args.arch_arg), rounds=args.rounds, local_epochs=args.local_epochs,
         clients_per_round=args.clients_per_round, strategy=args.strategy, proximal_mu=args.proximal_mu, batch_norm=args.batch_norm,
         server_lr=args.server_lr, server_momentum=args.server_momentum, keep_round=args.keep_round,
-        batch_size=args.batch_size, learning_rate=args.lr, lr_schedule=args.lr_schedule, augment=not args.no_augment, seed=args.seed,
+        batch_size=args.batch_size, learning_rate=args.lr, lr_schedule=args.lr_schedule, augment=not args.no_augment,
+        augment_site=args.augment_site, highpass_hz=args.highpass, seed=args.seed,
         site_train_limit=args.site_train_limit, compare=compare, n_boot=args.n_boot, fine_tune=args.fine_tune,
         fine_tune_epochs=args.fine_tune_epochs, fine_tune_lr=args.fine_tune_lr, export_sites=args.export_sites,
         compress_epochs=args.compress_epochs, export_max_drop=args.export_max_drop, target=args.target,
@@ -451,19 +452,24 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same result (default: 0)")
     p.add_argument("--class-weighted", action="store_true", help="weight positives by negatives/positives per class")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--augment-site", action="store_true",
-                   help="add site-shift augmentation: per-lead gain and baseline errors, noise spectra, resampling "
-                        "(edge_ecg.train.augment_site)")
-    p.add_argument("--highpass", type=float, default=d.highpass_hz, metavar="HZ",
-                   help="zero-phase high-pass cutoff applied to each window before standardization, in training, "
-                        "evaluation and the firmware (e.g. 0.5: removes baseline wander and offsets that differ "
-                        "between sites; default: none)")
+    _site_shift_options(p)
     p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training records (quick checks)")
     p.add_argument("--teacher", metavar="RUN_OR_PREDICTIONS",
                    help="distill from a run folder, a --cv folder, a predictions .npz, or several joined by ',' (ensemble)")
     p.add_argument("--alpha", type=float, default=d.distill_alpha, help=f"weight of the teacher's soft labels (default: {d.distill_alpha})")
     p.add_argument("--temperature", type=float, default=d.distill_temperature, help=f"distillation temperature (default: {d.distill_temperature})")
     _leads_option(p)
+
+
+def _site_shift_options(p: argparse.ArgumentParser, where: str = "") -> None:
+    """--augment-site and --highpass, shared by train (and the commands that train) and federate."""
+    p.add_argument("--augment-site", action="store_true",
+                   help="add site-shift augmentation: per-lead gain and baseline errors, noise spectra, resampling "
+                        f"(edge_ecg.train.augment_site){where}")
+    p.add_argument("--highpass", type=float, default=0.0, metavar="HZ",
+                   help="zero-phase high-pass cutoff applied to each window before standardization, in training, "
+                        "evaluation and the firmware (e.g. 0.5: removes baseline wander and offsets that differ "
+                        f"between sites; default: none){where}")
 
 
 _LEADS_HELP = ("input leads: 12 (default), 6 (limb leads I,II,III,aVR,aVL,aVF), 3 (I,II,V2), 2 (I,II), 1 or I (lead I), "
@@ -748,6 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rounds (default, measured: see the README): one cosine decay across all rounds, each client's stint taking "
                         "its part (as the centralized baseline over its epochs); restart: each round's local epochs decay from --lr")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    _site_shift_options(p, where="; in the clients' training, the fine-tunes, both baselines and every site's export")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--site-train-limit", type=int, metavar="N", help="first N training records of each site (quick checks)")
     p.add_argument("--site-data", action="append", default=[], metavar="NAME=PATH",

@@ -167,7 +167,8 @@ def _teacher_model(run: Path, config, dataset: PtbxlDataset, part: dict, progres
     run.mkdir(parents=True, exist_ok=True)
     np.save(run / TRAIN_IDS_FILE, train_ds.ecg_ids)  # the bookkeeping check_crossfit audits
     np.save(run / "val_ecg_ids.npy", val_ds.ecg_ids)
-    standardizer = Standardizer.fit(train_ds.signals, tuple(dataset.leads))  # deterministic: a resume refits the same one
+    # deterministic: a resume refits the same one; the teacher filters its input as its config says (train --highpass)
+    standardizer = Standardizer.fit(train_ds.signals, tuple(dataset.leads), config.highpass_hz, config.rate)
     standardizer.save(run / STANDARDIZATION_FILE)
     data = FitData(standardizer.transform(train_ds.signals), train_ds.labels.astype(np.float32),
                    standardizer.transform(val_ds.signals), val_ds.labels.astype(np.float32), config.rate)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -69,7 +71,7 @@ def test_sites_summary_counts_every_split(ptbxl, ptbxl_dir):
     "option, value, message",
     [("site_by", "hospital", "--site-by 'hospital'"), ("strategy", "fedsgd", "--strategy"), ("rounds", 0, "--rounds"),
      ("batch_norm", "none", "--batch-norm"), ("lr_schedule", "step", "--lr-schedule"), ("server_momentum", 1.0, "--server-momentum"),
-     ("num_sites", 0, "--sites")],
+     ("num_sites", 0, "--sites"), ("highpass_hz", 50.0, "--highpass: highpass_hz 50.0"), ("highpass_hz", -0.5, "--highpass")],
 )
 def test_bad_options_are_named(option, value, message):
     with pytest.raises(ValueError, match=message):
@@ -144,11 +146,33 @@ def test_cli_refuses_more_clients_per_round_than_sites(ptbxl_dir, tmp_path, caps
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+def test_cli_passes_highpass_and_augment_site_to_the_federation(ptbxl_dir, tmp_path, monkeypatch):
+    import edge_ecg.federate
+    from edge_ecg.cli import main
+
+    seen = []
+    monkeypatch.setattr(edge_ecg.federate, "federate", lambda run, config, **kw: seen.append(config) or
+                        {"test_macro_auc": {"pooled": {}}, "paired": {}, "transfer": {}})
+    assert main(["federate", "--data", str(ptbxl_dir), "--run", str(tmp_path / "run")]) == 0
+    assert main(["federate", "--data", str(ptbxl_dir), "--run", str(tmp_path / "run"), "--highpass", "0.5", "--augment-site"]) == 0
+    assert [(c.highpass_hz, c.augment_site) for c in seen] == [(0.0, False), (0.5, True)]
+
+
+def test_cli_refuses_a_highpass_past_nyquist_before_writing(ptbxl_dir, tmp_path, capsys):
+    from edge_ecg.cli import main
+
+    rc = main(["federate", "--data", str(ptbxl_dir), "--run", str(tmp_path / "run"), "--highpass", "60", "--compare", "none"])
+    assert rc == 1
+    assert "--highpass: highpass_hz 60.0: a cutoff must lie between 0 and 50.0 Hz" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_transfer_fine_tunes_every_site_and_exports_the_chosen_one(ptbxl, tmp_path):
     """FedBN, then a head-only fine-tune per site from the global weights and the site's own batch norm (the rest of
     the network stays the federated one), paired bootstrap vs local, and one site's run folder through the existing
-    export and firmware stages."""
+    export and firmware stages. With --highpass 0.5 and --augment-site: the sites' run folders carry both, the export
+    the filter."""
     from edge_ecg.federate import WEIGHTS_FILE, federate
     from edge_ecg.federate.transfer import head_layers
     from edge_ecg.runfolder import RunFolder, federate_site_dir
@@ -157,10 +181,11 @@ def test_transfer_fine_tunes_every_site_and_exports_the_chosen_one(ptbxl, tmp_pa
     config = FederateConfig(
         arch_kwargs=TINY_ARCH, rounds=1, local_epochs=1, site_train_limit=16, compare=("local",), n_boot=20,
         fine_tune="head", fine_tune_epochs=1, export_sites="unknown", compress_epochs=0, export_max_drop=1.0,  # barely trained
-        batch_norm="local",
+        batch_norm="local", highpass_hz=0.5, augment_site=True,
     )
     report = federate(tmp_path / "run", config, dataset=ptbxl)
     sites = ["AT-6", "CS-12", "unknown"]
+    assert (report["config"]["highpass_hz"], report["config"]["augment_site"]) == (0.5, True)
     assert all("fine-tuned" in report["test_macro_auc"]["per_site"][s] for s in sites)
     assert report["test_macro_auc"]["pooled"]["fine-tuned"]["macro_auc"] is not None
     paired = report["paired"]
@@ -183,6 +208,13 @@ def test_transfer_fine_tunes_every_site_and_exports_the_chosen_one(ptbxl, tmp_pa
     assert exported.tflite.stat().st_size > 0 and (exported.firmware("esp32") / "CMakeLists.txt").is_file()
     assert not RunFolder(federate_site_dir(tmp_path / "run", "AT-6")).export.exists()  # not asked for
     assert np.load(exported.predictions / "test_ecg_ids.npy").tolist() == report_test_ids(ptbxl, "unknown")
+    # the high-pass travels: each site's training config and standardization, and the exported model_config.h
+    for site in sites:
+        folder = RunFolder(federate_site_dir(tmp_path / "run", site))
+        train = json.loads(folder.config.read_text())["train"]
+        assert (train["highpass_hz"], train["augment_site"]) == (0.5, True), site
+        assert json.loads(folder.standardization.read_text())["highpass"]["cutoff_hz"] == 0.5, site
+    assert "#define ECG_HIGHPASS_SOS" in (exported.export / "model_config.h").read_text()
 
 
 def report_test_ids(ptbxl, site: str) -> list[int]:

@@ -63,7 +63,8 @@ def test_the_plan_survives_the_run_config(ptbxl, ptbxl_dir):
     from edge_ecg.federate import _Plan, site_of_records, split_sites
 
     sites = split_sites(ptbxl, site_of_records(ptbxl_dir, "device"), train_limit=5)
-    plan = _Plan(FederateConfig(arch_kwargs=TINY_ARCH, compare=("local",)), str(ptbxl_dir), sites, model="m", fail_at=(2, "AT-6"))
+    config = FederateConfig(arch_kwargs=TINY_ARCH, compare=("local",), highpass_hz=0.5, augment_site=True)  # what SuperNodes must apply
+    plan = _Plan(config, str(ptbxl_dir), sites, model="m", fail_at=(2, "AT-6"))
     back = plan_from_json(plan_to_json(plan))
     assert back.config == plan.config and back.fail_at == (2, "AT-6") and back.model == "m"
     assert [s.name for s in back.sites] == [s.name for s in sites]

@@ -107,7 +107,7 @@ from edge_ecg.runfolder import (  # a federated run folder's file names are the 
     atomic_write_text,
 )
 from edge_ecg.federate.transfer import FINE_TUNE
-from edge_ecg.train import FitData, FitOptions, fit_data
+from edge_ecg.train import FitData, FitOptions, TrainConfig, fit_data
 
 if TYPE_CHECKING:  # Flower is imported only when federating
     from flwr.app import RecordDict
@@ -144,6 +144,8 @@ class FederateConfig:
     keep_round: str = "last"  # best-val: the global model of the round with the best mean validation macro AUC the sites reported
     lr_schedule: str = "rounds"  # one cosine decay across all rounds (as centralized over its epochs); restart: each round's stint decays from learning_rate. rounds: measured, README
     augment: bool = True
+    augment_site: bool = False  # site-shift augmentation on top of (or instead of) augment: train's --augment-site
+    highpass_hz: float = 0.0  # zero-phase input high-pass (train's --highpass): every site's standardization, baselines and exports; 0: none
     seed: int = 0
     site_train_limit: int | None = None  # first N training records of each site (smoke tests)
     site_data: tuple[str, ...] = ()  # NAME=PATH: another data folder (CinC, ...) as one more site, see load_sites_dataset
@@ -186,6 +188,10 @@ class FederateConfig:
             raise ValueError(f"--server-lr must be > 0 and --server-momentum in [0, 1), got {self.server_lr} and {self.server_momentum}")
         if self.keep_round == "best-val" and self.batch_norm == "local":
             raise ValueError("--keep-round best-val needs --batch-norm global: under FedBN each site keeps its last round's batch norm")
+        try:  # train's rule for the cutoff, so both commands accept the same values
+            TrainConfig(rate=self.rate, highpass_hz=self.highpass_hz)
+        except RunError as exc:
+            raise ValueError(f"--highpass: {exc}") from None
         parse_site_data(self.site_data)
         unknown = sorted(set(self.compare) - {"local", "centralized"})
         if unknown:
@@ -331,8 +337,9 @@ def sites_summary(ds: PtbxlDataset, sites: list[Site], column: str, blank: str) 
     return out
 
 
-def _site_data(ds: PtbxlDataset, site: Site) -> tuple[FitData, dict]:
-    """The site's standardized training/validation arrays (its own standardization) and test arrays."""
+def _site_data(ds: PtbxlDataset, site: Site, highpass_hz: float = 0.0) -> tuple[FitData, dict]:
+    """The site's standardized training/validation arrays (its own standardization, after a ``highpass_hz`` high-pass
+    when > 0) and test arrays."""
     index = {int(i): k for k, i in enumerate(ds.ecg_ids)}
 
     def part(ids):
@@ -341,7 +348,7 @@ def _site_data(ds: PtbxlDataset, site: Site) -> tuple[FitData, dict]:
     from edge_ecg.data import Split
 
     split = Split(train=part(site.train), val=part(site.val), test=part(site.test))
-    standardizer = Standardizer.fit(split.train.signals)
+    standardizer = Standardizer.fit(split.train.signals, None, highpass_hz, ds.rate)
     data = fit_data(split, standardizer, ds.rate)
     test = {"x": standardizer.transform(split.test.signals), "y": split.test.labels.astype(np.float32), "ids": split.test.ecg_ids,
             "standardizer": standardizer}
@@ -509,8 +516,8 @@ def _client_site(plan: _Plan, partition: int, node_config=None) -> _ClientSite:
     node_config = node_config or {}
     wanted = str(node_config.get("site", "")) or None
     # keyed by content, not id(): an actor may outlive one simulation and ids are reused
-    key = (plan.data_root, plan.config.rate, plan.config.site_by, plan.config.blank, plan.config.site_train_limit, partition, wanted,
-           plan.sites[partition].ids().tobytes() if plan.sites else b"")
+    key = (plan.data_root, plan.config.rate, plan.config.site_by, plan.config.blank, plan.config.site_train_limit, plan.config.highpass_hz,
+           partition, wanted, plan.sites[partition].ids().tobytes() if plan.sites else b"")
     if key not in _SITE_CACHE:
         if plan.data_root is None:
             raise RunError(f"partition-id {partition}: this SuperNode has no data folder; start it with "
@@ -527,7 +534,7 @@ def _client_site(plan: _Plan, partition: int, node_config=None) -> _ClientSite:
                 raise RunError(f"partition-id {partition}: {plan.data_root} has {len(own)} sites ({', '.join(names)}); "
                                "name this SuperNode's site with site=NAME in --node-config")
             site = own[names.index(wanted)] if wanted is not None else own[0] if len(own) == 1 else own[partition]
-        data, test = _site_data(ds, site)
+        data, test = _site_data(ds, site, plan.config.highpass_hz)
         _SITE_CACHE[key] = _ClientSite(site, data, test, ds.select(np.isin(ds.ecg_ids, site.ids())))
     return _SITE_CACHE[key]
 
@@ -630,7 +637,8 @@ def _client_app(plan: _Plan | None = None, plan_of=None):
             raise RuntimeError(f"injected failure ({FAIL_ENV}) of site {cs.site.name} in round {server_round}")
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
         options = FitOptions(
-            epochs=config.local_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed, augment=config.augment
+            epochs=config.local_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed, augment=config.augment,
+            augment_site=config.augment_site,
         )
         window = ((server_round - 1) * config.local_epochs, config.rounds * config.local_epochs) if config.lr_schedule == "rounds" else None
         loss = local_fit(model, data, options, stream=(server_round, partition), proximal_mu=mu, window=window)
@@ -718,7 +726,7 @@ def _local_only(config: FederateConfig, data: FitData, test: dict, index: int) -
     from edge_ecg.train import predict
 
     options = FitOptions(epochs=config.rounds * config.local_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-                         seed=config.seed, augment=config.augment)
+                         seed=config.seed, augment=config.augment, augment_site=config.augment_site)
     keras.utils.set_random_seed(config.seed)
     model = _build_model(config, data)
     local_fit(model, data, options, stream=(0, index))
@@ -994,7 +1002,7 @@ def federate(
         summary = sites_summary(ds, sites, config.site_by, config.blank)
         atomic_write_json(run / SITES_FILE, summary)
 
-        site_data = [_site_data(ds, s) for s in sites]
+        site_data = [_site_data(ds, s, config.highpass_hz) for s in sites]
         keras.utils.set_random_seed(config.seed)
         model = _build_model(config, site_data[0][0])
         initial = {_key(i): v.numpy() for i, v in enumerate(model.weights)}
@@ -1100,10 +1108,10 @@ def _centralized(ds: PtbxlDataset, sites: list[Site], config: FederateConfig) ->
         val=part(np.concatenate([s.val for s in sites])),
         test=part(np.concatenate([s.test for s in sites])),
     )
-    standardizer = Standardizer.fit(pooled.train.signals)
+    standardizer = Standardizer.fit(pooled.train.signals, None, config.highpass_hz, ds.rate)
     data = fit_data(pooled, standardizer, ds.rate)
     options = FitOptions(epochs=config.rounds * config.local_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-                         seed=config.seed, augment=config.augment)
+                         seed=config.seed, augment=config.augment, augment_site=config.augment_site)
     keras.utils.set_random_seed(config.seed)
     model = _build_model(config, data)
     local_fit(model, data, options, stream=(0, len(sites)))
@@ -1231,7 +1239,8 @@ def _transfer_site(run: Path, site: Site, cs: _ClientSite, model, config: Federa
     tuned = None
     if config.fine_tune != "none":
         options = FitOptions(epochs=config.fine_tune_epochs, batch_size=config.batch_size, learning_rate=config.fine_tune_lr,
-                             patience=config.fine_tune_epochs, seed=config.seed, augment=config.augment)
+                             patience=config.fine_tune_epochs, seed=config.seed, augment=config.augment,
+                             augment_site=config.augment_site)
         row["fine_tune"] = tr.fine_tune(model, data, folder, config.fine_tune, options)
         tuned = predict(model, test["x"])
     tr.write_site_run(
@@ -1260,6 +1269,8 @@ def _markdown(report: dict) -> str:
     names = list(report["test_macro_auc"]["pooled"])
     lines = ["# Federated run", "", f"strategy {report['config']['strategy']}, batch norm {report['config']['batch_norm']}, "
              f"{report['config']['rounds']} rounds x {report['config']['local_epochs']} local epochs"
+             + (f", input high-pass {report['config']['highpass_hz']:g} Hz" if report['config'].get('highpass_hz') else "")
+             + (", site-shift augmentation" if report['config'].get('augment_site') else "")
              + (f", kept round {report['kept_round']} (best mean validation macro AUC)" if report.get("kept_round") not in (None, report['config']['rounds']) else ""), "",
              "Test macro AUC (fold 10 of each site) [95% bootstrap interval]", "",
              "| site | train | test | " + " | ".join(names) + " |", "| --- | ---: | ---: |" + " --- |" * len(names)]

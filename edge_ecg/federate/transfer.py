@@ -113,7 +113,7 @@ def write_site_run(
     train_config = TrainConfig(
         arch=config.arch, arch_kwargs=dict(config.arch_kwargs), data=data_root, rate=config.rate, epochs=config.fine_tune_epochs,
         batch_size=config.batch_size, learning_rate=config.fine_tune_lr, patience=config.fine_tune_epochs, seed=config.seed,
-        augment=config.augment, train_limit=config.site_train_limit,
+        augment=config.augment, augment_site=config.augment_site, highpass_hz=config.highpass_hz, train_limit=config.site_train_limit,
     )
     atomic_write_json(folder / CONFIG_FILE, {
         "format": RUN_FORMAT, "edge_ecg": __version__, "train": asdict(train_config),
