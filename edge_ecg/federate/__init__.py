@@ -160,6 +160,13 @@ class FederateConfig:
     export_max_drop: float = 0.01  # export's limit on the int8 model's validation macro AUC loss (on the site's fold 9)
     target: str = "esp32"
 
+    def fit_options(self, epochs: int, **overrides) -> FitOptions:
+        """train's fit options for ``epochs`` of the federation's training settings: the clients' stints, both
+        baselines and the fine-tunes take them from here, so an option reaches every one of them."""
+        settings = dict(batch_size=self.batch_size, learning_rate=self.learning_rate, seed=self.seed, augment=self.augment,
+                        augment_site=self.augment_site)
+        return FitOptions(epochs=epochs, **{**settings, **overrides})
+
     def check(self) -> None:
         """ValueError naming the option, what is allowed and what was given."""
         for name, value, allowed in (
@@ -636,10 +643,7 @@ def _client_app(plan: _Plan | None = None, plan_of=None):
         if plan.fail_at == (server_round, cs.site.name):
             raise RuntimeError(f"injected failure ({FAIL_ENV}) of site {cs.site.name} in round {server_round}")
         mu = float(msg.content["config"].get("proximal-mu", 0.0))
-        options = FitOptions(
-            epochs=config.local_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed, augment=config.augment,
-            augment_site=config.augment_site,
-        )
+        options = config.fit_options(config.local_epochs)
         window = ((server_round - 1) * config.local_epochs, config.rounds * config.local_epochs) if config.lr_schedule == "rounds" else None
         loss = local_fit(model, data, options, stream=(server_round, partition), proximal_mu=mu, window=window)
         bn = set(_bn_indices(model))
@@ -725,8 +729,7 @@ def _local_only(config: FederateConfig, data: FitData, test: dict, index: int) -
     from edge_ecg.tf import keras
     from edge_ecg.train import predict
 
-    options = FitOptions(epochs=config.rounds * config.local_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-                         seed=config.seed, augment=config.augment, augment_site=config.augment_site)
+    options = config.fit_options(config.rounds * config.local_epochs)
     keras.utils.set_random_seed(config.seed)
     model = _build_model(config, data)
     local_fit(model, data, options, stream=(0, index))
@@ -1110,8 +1113,7 @@ def _centralized(ds: PtbxlDataset, sites: list[Site], config: FederateConfig) ->
     )
     standardizer = Standardizer.fit(pooled.train.signals, None, config.highpass_hz, ds.rate)
     data = fit_data(pooled, standardizer, ds.rate)
-    options = FitOptions(epochs=config.rounds * config.local_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-                         seed=config.seed, augment=config.augment, augment_site=config.augment_site)
+    options = config.fit_options(config.rounds * config.local_epochs)
     keras.utils.set_random_seed(config.seed)
     model = _build_model(config, data)
     local_fit(model, data, options, stream=(0, len(sites)))
@@ -1238,9 +1240,7 @@ def _transfer_site(run: Path, site: Site, cs: _ClientSite, model, config: Federa
     folder.mkdir(parents=True)
     tuned = None
     if config.fine_tune != "none":
-        options = FitOptions(epochs=config.fine_tune_epochs, batch_size=config.batch_size, learning_rate=config.fine_tune_lr,
-                             patience=config.fine_tune_epochs, seed=config.seed, augment=config.augment,
-                             augment_site=config.augment_site)
+        options = config.fit_options(config.fine_tune_epochs, learning_rate=config.fine_tune_lr, patience=config.fine_tune_epochs)
         row["fine_tune"] = tr.fine_tune(model, data, folder, config.fine_tune, options)
         tuned = predict(model, test["x"])
     tr.write_site_run(
