@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_ecg.data import PtbxlDataset
-from edge_ecg.runfolder import CV_FILE, LABELLED_IDS_FILE, TEST_IDS_FILE, TRAIN_IDS_FILE, RunFolder, cv_fold_dir
+from edge_ecg.runfolder import CV_FILE, LABELLED_IDS_FILE, TEST_IDS_FILE, TRAIN_IDS_FILE, VAL_IDS_FILE, RunFolder, cv_fold_dir
 
 
 CROSSFIT_FILE = "crossfit.json"
@@ -166,7 +166,7 @@ def _teacher_model(run: Path, config, dataset: PtbxlDataset, part: dict, progres
     labelled = dataset.select(np.isin(dataset.folds, part["labels_folds"]))
     run.mkdir(parents=True, exist_ok=True)
     np.save(run / TRAIN_IDS_FILE, train_ds.ecg_ids)  # the bookkeeping check_crossfit audits
-    np.save(run / "val_ecg_ids.npy", val_ds.ecg_ids)
+    np.save(run / VAL_IDS_FILE, val_ds.ecg_ids)
     # deterministic: a resume refits the same one; the teacher filters its input as its config says (train --highpass)
     standardizer = Standardizer.fit(train_ds.signals, tuple(dataset.leads), config.highpass_hz, config.rate)
     standardizer.save(run / STANDARDIZATION_FILE)
@@ -301,7 +301,7 @@ def check_crossfit(teacher_dir, test_fold: int) -> None:
     for part in json.loads(plan_path.read_text()):
         run = folder / f"group{part['group']}"
         trained = set(np.load(run / TRAIN_IDS_FILE).tolist())
-        validated = set(np.load(run / "val_ecg_ids.npy").tolist())
+        validated = set(np.load(run / VAL_IDS_FILE).tolist())
         labelled = set(np.load(run / LABELLED_IDS_FILE).tolist())
         leak = trained & labelled
         if leak:

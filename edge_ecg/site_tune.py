@@ -92,7 +92,8 @@ def fine_tune_site(
     empty = np.zeros((0, *x.shape[1:]), np.float32)
     # no validation records: transfer.fine_tune then trains the fixed number of epochs (nothing to select on)
     data = FitData(x_train=x, y_train=y, x_val=empty, y_val=np.zeros((0, y.shape[1]), np.float32), rate=config.rate)
-    options = FitOptions(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, augment=config.augment)
+    options = FitOptions(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                         augment=config.augment, augment_site=config.augment_site)  # the run's augmentations, not its teacher
 
     keras.utils.set_random_seed(seed)
     model = load_run_model(run)

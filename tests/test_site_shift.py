@@ -128,6 +128,21 @@ def test_fine_tune_site_sees_only_the_pool_and_the_runs_training_folds(untrained
 
     info = fine_tune_site(untrained_run, site, pool, tmp_path / "ft3", exclude=test, replay=ptbxl, replay_limit=30)
     assert info["replay_records"] == 30 and len(_rows_of(seen["data"].x_train, x_all[ptbxl.folds <= 8])) == 30
+    assert (seen["options"].augment, seen["options"].augment_site) == (True, False)  # the run's own augmentations
+
+
+def test_fine_tune_site_keeps_the_runs_site_augmentation(untrained_run, ptbxl, tmp_path, monkeypatch):
+    import edge_ecg.federate.transfer as transfer
+    from edge_ecg.site_tune import fine_tune_site
+
+    config = json.loads((untrained_run / "config.json").read_text())
+    config["train"]["augment_site"] = True  # as if trained with --augment-site
+    (untrained_run / "config.json").write_text(json.dumps(config))
+    seen = {}
+    monkeypatch.setattr(transfer, "fine_tune", lambda model, data, out, mode, options: seen.update(options=options) or {"mode": mode})
+    site = ptbxl.select(ptbxl.folds == 10)
+    fine_tune_site(untrained_run, site, site.ecg_ids[:10], tmp_path / "ft", exclude=site.ecg_ids[10:])
+    assert seen["options"].augment_site is True and seen["options"].distill_alpha == 0.0  # augmentations yes, no teacher
 
 
 def test_fine_tune_site_refuses_test_records_unknown_ids_and_its_own_run(untrained_run, ptbxl, tmp_path):
