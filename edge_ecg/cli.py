@@ -146,6 +146,7 @@ def _train_config(args):
         batch_size=args.batch_size,
         learning_rate=args.lr,
         patience=args.patience,
+        average_epochs=args.average_epochs,
         seed=args.seed,
         class_weighted=args.class_weighted,
         augment=not args.no_augment,
@@ -449,6 +450,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.learning_rate, help=f"peak learning rate, cosine decay (default: {d.learning_rate})")
     p.add_argument("--patience", type=int, default=d.patience, help=f"early stopping patience in epochs (default: {d.patience})")
+    p.add_argument("--average-epochs", type=int, default=d.average_epochs, metavar="K",
+                   help="stochastic weight averaging: the model is the mean of the weights of the last K epochs, trained at "
+                        "a constant quarter of --lr; no early stopping (default: 0, off; e.g. --epochs 30 --average-epochs 10)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed; same seed, same result (default: 0)")
     p.add_argument("--class-weighted", action="store_true", help="weight positives by negatives/positives per class")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")

@@ -66,6 +66,9 @@ class TrainConfig:
     patience: int = 10
     seed: int = 0
     class_weighted: bool = False
+    # stochastic weight averaging: the model is the mean of the weights after each of the last K epochs, trained
+    # at a constant SWA_LR_FRACTION of the peak rate; no early stopping or best-epoch pick (0: off)
+    average_epochs: int = 0
     augment: bool = True
     # site-shift augmentation (augment_site below) on top of, or instead of, ``augment``
     augment_site: bool = False
@@ -90,6 +93,9 @@ class TrainConfig:
         if self.highpass_hz and not 0 < self.highpass_hz < self.rate / 2:
             raise RunError(f"highpass_hz {self.highpass_hz}: a cutoff must lie between 0 and {self.rate / 2} Hz "
                            f"(half the sampling rate {self.rate}), or be 0 for no filter")
+        if not 0 <= self.average_epochs < self.epochs:
+            raise RunError(f"average_epochs {self.average_epochs}: weights can be averaged over 0 (off) to epochs - 1 = "
+                           f"{self.epochs - 1} final epochs; the epochs before them train at the decaying rate")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -295,6 +301,7 @@ class FitOptions:
     augment_site: bool = False
     class_weighted: bool = False
     select_from_epoch: int = 1  # epochs before this one are never "best" (e.g. pruning not yet at target)
+    average_epochs: int = 0  # TrainConfig.average_epochs
     distill_alpha: float = 0.0
     distill_temperature: float = 1.0
 
@@ -310,6 +317,7 @@ class FitOptions:
             augment=config.augment,
             augment_site=config.augment_site,
             class_weighted=config.class_weighted,
+            average_epochs=config.average_epochs,
             distill_alpha=config.distill_alpha if config.teacher else 0.0,
             distill_temperature=config.distill_temperature,
         )
@@ -388,6 +396,10 @@ def fit_data(split: Split, standardizer: Standardizer, rate: int) -> FitData:
 
 
 BEST_WEIGHTS = "best.weights.h5"
+AVERAGE_WEIGHTS = "average.weights.npz"  # the running mean of the averaged epochs' weights (resume)
+SWA_LR_FRACTION = 0.25
+"""Weight averaging's constant learning rate, as a fraction of the peak: high enough that the averaged epochs
+differ (an average of near-identical weights is one model), low enough that each is a good model."""
 
 
 def fit(
@@ -412,8 +424,15 @@ def fit(
 
     tf.config.experimental.enable_op_determinism()
     steps_per_epoch = math.ceil(len(data.x_train) / options.batch_size)
+    averaging = options.average_epochs > 0
+    if averaging and not 0 < options.average_epochs < options.epochs:
+        raise ValueError(f"average_epochs {options.average_epochs} must lie in 1..epochs - 1 = {options.epochs - 1}")
+    first_averaged = options.epochs - options.average_epochs + 1
+    # Cosine decay over the epochs before the averaged ones; CosineDecay then holds its floor (alpha).
     schedule = keras.optimizers.schedules.CosineDecay(
-        options.learning_rate, decay_steps=max(1, options.epochs * steps_per_epoch), alpha=0.05
+        options.learning_rate,
+        decay_steps=max(1, (first_averaged - 1) * steps_per_epoch),
+        alpha=SWA_LR_FRACTION if averaging else 0.05,
     )
     optimizer = keras.optimizers.Adam(schedule)
     optimizer.build(model.trainable_variables)  # slots exist before a checkpoint is restored into them
@@ -438,6 +457,10 @@ def fit(
         if progress and not state["finished"]:
             console().print(f"resuming {out} after epoch {state['epoch']} (best val AUC {state['best_auc']:.4f} at epoch {state['best_epoch']})")
     _trim_history(out / HISTORY_FILE, state["epoch"], state.get("last_row"))
+    average = None
+    if averaging and state["epoch"] >= first_averaged:
+        with np.load(state_dir / AVERAGE_WEIGHTS) as stored:
+            average = [stored[f"w{i}"] for i in range(len(stored.files))]
     for cb in callbacks:  # after the restore: tfmot initializes its step only on a fresh model
         cb.set_model(model)
         cb.on_train_begin()
@@ -485,15 +508,26 @@ def fit(
                 "lr": float(schedule(optimizer.iterations)),
                 "seconds": round(time.perf_counter() - started, 2),
             }
-            improved = epoch >= options.select_from_epoch and val_auc > state["best_auc"]
+            improved = not averaging and epoch >= options.select_from_epoch and val_auc > state["best_auc"]
             pending = state_dir / f"{_EPOCH_DIR}{epoch}"
             if pending.exists():
                 shutil.rmtree(pending)
             pending.mkdir()
+            if averaging and epoch >= first_averaged:
+                weights = model.get_weights()
+                n = epoch - first_averaged + 1
+                average = weights if average is None else [a + (w - a) / n for a, w in zip(average, weights)]
+                np.savez(pending / AVERAGE_WEIGHTS, **{f"w{i}": a for i, a in enumerate(average)})
+                if epoch == options.epochs:  # the average is the model; its batch-norm statistics are its own
+                    model.set_weights(average)
+                    recompute_batch_norm_statistics(model, data.x_train)
+                    average_auc = macro_auc(data.y_val, predict(model, data.x_val))
+                    model.save_weights(pending / BEST_WEIGHTS)
+                    state.update(best_auc=average_auc, best_epoch=epoch, averaged_epochs=n)
             if improved:
                 model.save_weights(pending / BEST_WEIGHTS)
                 state.update(best_auc=val_auc, best_epoch=epoch, wait=0)
-            elif epoch >= options.select_from_epoch:
+            elif not averaging and epoch >= options.select_from_epoch:
                 state["wait"] += 1
             state["epoch"] = epoch
             state["finished"] = state["wait"] >= options.patience or epoch >= options.epochs
@@ -509,6 +543,8 @@ def fit(
                     f"{'  *' if improved else ''}  {row['seconds']:.1f}s",
                     highlight=False,
                 )
+                if averaging and state["finished"]:
+                    console().print(f"average of epochs {first_averaged}-{epoch}: val_auc {state['best_auc']:.4f}", highlight=False)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
     return state

@@ -181,3 +181,70 @@ def test_rerun_after_bad_data_refits_the_standardization(ptbxl, tmp_path):
     train(run, config, dataset=ptbxl, progress=False)
     fitted = Standardizer.load(run / "standardization.json")
     np.testing.assert_array_equal(fitted.mean, Standardizer.fit(load_split(config, ptbxl).train.signals).mean)
+
+
+# --------------------------------------------------------------------------- weight averaging (--average-epochs)
+
+
+def _averaging_fit(out, epochs=4, average_epochs=2, patience=10, interrupt_at=None):
+    """A tiny dscnn on random records; returns (model, state, each epoch's trained weights)."""
+    from edge_ecg import CLASSES, models
+    from edge_ecg.tf import keras
+    from edge_ecg.train import FitData, FitOptions, fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 1000, 12)).astype(np.float32)
+    y = (rng.random((64, len(CLASSES))) < 0.4).astype(np.float32)
+    data = FitData(x_train=x[:48], y_train=y[:48], x_val=x[48:], y_val=y[48:])
+    keras.utils.set_random_seed(0)
+    model = models.build("dscnn", num_samples=1000, num_leads=12, num_classes=len(CLASSES), filters=[8, 16, 16], strides=[4, 4, 4])
+    trained = {}
+
+    class Capture(keras.callbacks.Callback):  # the weights each epoch's steps left, before any averaging
+        def on_epoch_end(self, epoch, logs=None):
+            trained[epoch] = [w.numpy().copy() for w in model.trainable_weights]
+            if epoch == interrupt_at:
+                raise KeyboardInterrupt
+
+    options = FitOptions(epochs=epochs, average_epochs=average_epochs, patience=patience, seed=0)
+    state = fit(model, data, out, options, callbacks=(Capture(),), progress=False)
+    return model, state, trained
+
+
+def test_weight_averaging_makes_the_model_the_mean_of_the_last_epochs(tmp_path):
+    from edge_ecg.train import BEST_WEIGHTS
+
+    model, state, trained = _averaging_fit(tmp_path / "a", epochs=4, average_epochs=2, patience=1)
+    assert state["epoch"] == 4 and state["best_epoch"] == 4 and state["averaged_epochs"] == 2  # patience 1 never stopped it
+    final = [w.numpy() for w in model.trainable_weights]
+    for got, w3, w4 in zip(final, trained[3], trained[4]):
+        np.testing.assert_allclose(got, (w3 + w4) / 2, rtol=1e-5, atol=1e-7)
+    assert any(not np.allclose(w3, w4) for w3, w4 in zip(trained[3], trained[4]))  # the averaged epochs differ
+    model.load_weights(tmp_path / "a" / "state" / BEST_WEIGHTS)  # what train() turns into model.keras
+    for got, want in zip(model.trainable_weights, final):
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_weight_averaging_resumes_its_running_mean(tmp_path):
+    straight, _, _ = _averaging_fit(tmp_path / "straight", epochs=4, average_epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        _averaging_fit(tmp_path / "resumed", epochs=4, average_epochs=3, interrupt_at=3)  # inside the averaged epochs
+    resumed, state, trained = _averaging_fit(tmp_path / "resumed", epochs=4, average_epochs=3)
+    assert sorted(trained) == [3, 4] and state["averaged_epochs"] == 3  # epoch 3 again (never committed), then 4
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_average_epochs_is_a_stored_option_checked_against_epochs(tmp_path):
+    from edge_ecg.cli import _train_config, build_parser
+    from edge_ecg.train import FitOptions
+
+    args = build_parser().parse_args(["train", "--run", "r", "--epochs", "30", "--average-epochs", "10"])
+    config = _train_config(args)
+    assert config.average_epochs == 10 and FitOptions.from_config(config).average_epochs == 10
+    old = {k: v for k, v in config.__dict__.items() if k != "average_epochs"}  # a config.json written before the option
+    assert TrainConfig.from_dict(old).average_epochs == 0
+    with pytest.raises(RunError, match="average_epochs 30"):
+        TrainConfig(epochs=30, average_epochs=30)
+    code = main(["train", "--run", str(tmp_path / "r"), "--epochs", "5", "--average-epochs", "5"])
+    assert code != 0 and not (tmp_path / "r").exists()

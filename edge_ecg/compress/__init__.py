@@ -148,6 +148,7 @@ def compress(
             patience=epochs,  # short fine-tunes run to the end; the best epoch is kept
             select_from_epoch=select_from,
             distill_alpha=0.0,  # fine-tunes learn from the labels
+            average_epochs=0,  # a fine-tune keeps its best epoch (averaging would mix sparsity and quantizer states)
         )
         state = fit(model, data, out, options, callbacks=callbacks, progress=progress)
         model.load_weights(out / STATE_DIR / BEST_WEIGHTS)
