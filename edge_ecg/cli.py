@@ -165,7 +165,11 @@ def cmd_train(args) -> int:
 
     run = Path(args.run or f"runs/{args.arch}")
     state = train(run, _train_config(args))
-    print(f"best validation macro AUC {state['best_auc']:.4f} at epoch {state['best_epoch']} -> {RunFolder(run).model}")
+    if state.get("averaged_epochs"):
+        first = state["best_epoch"] - state["averaged_epochs"] + 1
+        print(f"validation macro AUC {state['best_auc']:.4f} of the weights averaged over epochs {first}-{state['best_epoch']} -> {RunFolder(run).model}")
+    else:
+        print(f"best validation macro AUC {state['best_auc']:.4f} at epoch {state['best_epoch']} -> {RunFolder(run).model}")
     report = evaluate(run)
     t = report["test"]
     print(f"test macro AUC {t['macro_auc']:.4f} [{t['macro_auc_ci95'][0]:.4f}, {t['macro_auc_ci95'][1]:.4f}] -> {run / REPORT_FILE}")

@@ -248,3 +248,13 @@ def test_average_epochs_is_a_stored_option_checked_against_epochs(tmp_path):
         TrainConfig(epochs=30, average_epochs=30)
     code = main(["train", "--run", str(tmp_path / "r"), "--epochs", "5", "--average-epochs", "5"])
     assert code != 0 and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_cli_train_with_averaging_says_which_epochs_the_model_averages(ptbxl_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(ptbxl_dir), "--run", str(run), "--epochs", "3", "--average-epochs", "2",
+                 "--train-limit", "64", "--arch-arg", "filters=[8,16,16]", "--arch-arg", "strides=[4,4,4]"])
+    out = capsys.readouterr().out
+    assert code == 0 and "of the weights averaged over epochs 2-3" in out
+    assert json.loads((run / "config.json").read_text())["train"]["average_epochs"] == 2
