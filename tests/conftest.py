@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +19,14 @@ def _isolated_cache(tmp_path_factory):
     """Caches go to a per-session folder: never into the data or the user's home."""
     os.environ["EDGE_ECG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     yield
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/NAME.py`` as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
+from conftest import load_benchmark
 
 from edge_ecg.cv import FOLDS, fold_dir
 from edge_ecg.evaluate import save_predictions
-
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "rotations.py"
-
-
-def _rotations():
-    spec = importlib.util.spec_from_file_location("rotations_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rotation(folder: Path, labels: np.ndarray, probs: np.ndarray, val_auc: float | None) -> Path:
@@ -33,7 +24,7 @@ def _rotation(folder: Path, labels: np.ndarray, probs: np.ndarray, val_auc: floa
 
 
 def test_paired_table_ranks_a_better_rotation_above_and_names_mismatched_records(tmp_path, capsys):
-    rot = _rotations()
+    rot = load_benchmark("rotations")
     rng = np.random.default_rng(0)
     labels = (rng.random((400, 5)) < 0.3).astype(np.uint8)
     noise = rng.normal(size=labels.shape)

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "runtimes.py"
+from conftest import load_benchmark
 
 
 def _runtimes():
-    spec = importlib.util.spec_from_file_location("runtimes_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("runtimes")
 
 
 def test_side_by_side_table_says_instructions_are_not_cycles_and_computes_ratios():
