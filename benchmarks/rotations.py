@@ -50,17 +50,18 @@ def compare(reference: tuple[str, Path], others: list[tuple[str, Path]], *, n_bo
     from edge_ecg.train import RunError
 
     ref_name, ref_dir = reference
-    ref_ids, ref_y, ref_p, _ = pooled_predictions(ref_dir)
-    rows = []
-    for name, folder in [reference, *others]:
-        ids, y, p, _ = pooled_predictions(folder)
+    pooled = [(name, folder, pooled_predictions(folder)) for name, folder in [reference, *others]]  # each read once
+    ref_ids, ref_y, ref_p, _ = pooled[0][2]
+    for _, folder, (ids, y, _, _) in pooled[1:]:  # every pairing checked before any bootstrap
         if not (np.array_equal(ids, ref_ids) and np.array_equal(y, ref_y)):
             raise RunError(f"{folder}: its {len(ids)} records or labels differ from the reference {ref_dir}'s {len(ref_ids)}; "
                            "a paired comparison needs the same records")
+    rows = []
+    for i, (name, folder, (_, y, p, _)) in enumerate(pooled):
         lo, hi = bootstrap_auc(y, p, n_boot=n_boot)
         row = {"name": name, "folder": str(folder), "macro_auc": macro_auc(y, p), "ci95": [lo, hi],
                "validation_auc": validation_auc(folder)}
-        if name != ref_name:
+        if i > 0:
             row["minus_reference"] = paired_bootstrap(y, p, ref_p, n_boot=n_boot)
         rows.append(row)
     return {"reference": ref_name, "records": int(len(ref_ids)), "n_boot": n_boot, "rotations": rows}
